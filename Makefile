@@ -1,0 +1,33 @@
+# make demo: the whole XPERT experiment at CPU scale; make test: the test suite.
+# Both create/refresh the virtual environment first. Torch is installed on its own, pinned, before the package:
+# on this kind of machine `torch==2.13.0` is a CPU wheel on local disk, and once it is there the package's looser
+# torch range is already satisfied, so pip never pulls a multi-GB CUDA build. Elsewhere choose the build with
+# TORCH_SPEC / TORCH_INDEX (e.g. make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.xpert-installed
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/xpert demo --config configs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs

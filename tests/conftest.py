@@ -1,0 +1,126 @@
+"""Shared tiny fixtures: a three-domain corpus laid out like the data root, and a tokenizer trained on it."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+DOMAIN_WORDS = {
+    "code": [
+        "def",
+        "return",
+        "import",
+        "class",
+        "self",
+        "lambda",
+        "yield",
+        "for",
+        "while",
+        "if",
+        "else",
+        "print",
+        "range",
+        "len",
+    ],
+    "law": [
+        "court",
+        "statute",
+        "shall",
+        "section",
+        "plaintiff",
+        "defendant",
+        "contract",
+        "party",
+        "clause",
+        "liability",
+        "appeal",
+    ],
+    "news": [
+        "minister",
+        "election",
+        "reported",
+        "government",
+        "market",
+        "said",
+        "weather",
+        "police",
+        "city",
+        "million",
+        "week",
+    ],
+}
+
+
+def write_tiny_corpus(root: Path, docs_per_domain: int = 60, seed: int = 0) -> Path:
+    """corpus/<domain>/<domain>.jsonl with `docs_per_domain` short synthetic documents per domain."""
+    rng = random.Random(seed)
+    for domain, words in DOMAIN_WORDS.items():
+        folder = root / "corpus" / domain
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"{domain}.jsonl").open("w") as fh:
+            for i in range(docs_per_domain):
+                text = " ".join(rng.choice(words) for _ in range(rng.randint(30, 90)))
+                fh.write(
+                    json.dumps({"text": f"{domain} document {i}: {text}.", "source": domain, "id": f"{domain}-{i}"})
+                    + "\n"
+                )
+    return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_threaded_blas():
+    """numpy's BLAS single-threaded: on a 2-core machine OpenBLAS threads competing with torch's make the tiny HOOI
+    SVDs 10-20x slower (seen: 44 s instead of 2 s for one test)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """A data root with a tiny three-domain corpus."""
+    return write_tiny_corpus(tmp_path_factory.mktemp("data_root"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_data_root, tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer (vocabulary 320) trained on the tiny corpus."""
+    from xpert_pl.tokenizer import train_bpe_tokenizer
+
+    texts = [
+        json.loads(line)["text"]
+        for f in sorted((tiny_data_root / "corpus").glob("*/*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    out = tmp_path_factory.mktemp("tokenizer") / "tok"
+    train_bpe_tokenizer(texts, out, vocab_size=320)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bank(tmp_path_factory) -> Path:
+    """A knowledge bank from a random tiny OLMoE (4 layers, H 128, I 256, experts 1 and 5 selected everywhere)."""
+    import torch
+
+    from xpert_pl.bank import TuckerConsolidator, extract_bank
+    from xpert_pl.models import OlmoeSource
+
+    torch.manual_seed(0)
+    source = OlmoeSource("olmoe-tiny").build(vocab_size=97)
+    layers = [{"layer": i, "experts": [1, 5], "weights": [0.75, 0.25], "scores": [1.0] * 8} for i in range(4)]
+    selection = {
+        "strategy": "fixture",
+        "n": 2,
+        "num_experts": 8,
+        "top_k": 2,
+        "domains": ["a", "b"],
+        "score": "fixed",
+        "layers": layers,
+    }
+    bank = extract_bank(source, selection, TuckerConsolidator(ranks=[1.0, 1.0, 1.0]), progress=False)
+    out = tmp_path_factory.mktemp("bank") / "bank"
+    bank.save(out)
+    return out

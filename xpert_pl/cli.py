@@ -1,0 +1,101 @@
+"""The `xpert` command: `fit`/`validate`/`test` through LightningCLI; `analyze`, `extract`, `demo` as functions.
+
+Examples:
+    xpert fit --config configs/pretrain/tiny.yaml --config configs/methods/xpert.yaml
+    xpert analyze --config configs/analyze/tiny.yaml
+    xpert extract --config configs/extract/tiny.yaml
+    xpert demo
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from xpert_pl.errors import ConfigError, raise_if_problems
+from xpert_pl.training.module import CausalLMModule
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+class XpertCLI(LightningCLI):
+    """LightningCLI that links the tokenizer's vocabulary and the domain names into the model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data", "model.vocab_size", compute_fn=lambda data: data.vocab_size, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data", "model.val_domains", compute_fn=lambda data: list(data.domain_names), apply_on="instantiate"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        problems = []
+        ckpt_path = config.get("ckpt_path")
+        init_checkpoint = config.get("model", {}).get("init_checkpoint")
+        if ckpt_path and init_checkpoint:
+            problems.append(
+                f"both --ckpt_path ({ckpt_path}) and --model.init_checkpoint ({init_checkpoint}) are set: "
+                "--ckpt_path resumes an interrupted run (weights, optimizer, step, data position); "
+                "--model.init_checkpoint starts a new run from those weights. Drop one of them."
+            )
+        raise_if_problems(problems)
+
+
+def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
+    """Run (or, with run=False, only build: the subcommand is then dropped) the LightningCLI for `args`."""
+    from lightning import LightningDataModule
+
+    if not run and args and args[0] in LIGHTNING_COMMANDS:
+        args = args[1:]
+    return XpertCLI(
+        CausalLMModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def _function_commands() -> dict[str, Callable]:
+    from xpert_pl.commands import analyze, demo, extract
+
+    return {"analyze": analyze, "extract": extract, "demo": demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `xpert` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    commands = _function_commands()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip(), "\n\ncommands:", ", ".join([*LIGHTNING_COMMANDS, *commands]))
+        return
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in LIGHTNING_COMMANDS:
+            run_lightning_cli(argv)
+        elif command in commands:
+            from jsonargparse import auto_cli
+
+            auto_cli(commands[command], args=rest)
+        else:
+            raise ConfigError(
+                [f"unknown command '{command}'; choose one of: {', '.join([*LIGHTNING_COMMANDS, *commands])}"]
+            )
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if debug:
+            raise
+        print(f"xpert {command}: error: {err}\n(run with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

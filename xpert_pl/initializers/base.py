@@ -1,0 +1,30 @@
+"""The initializer interface: set (some of) a freshly built model's weights and report what was set."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel
+
+
+@dataclass
+class InitReport:
+    """What an initializer did: its name, the parameter names it set, and method-specific details."""
+
+    initializer: str
+    set_parameters: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return asdict(self)
+
+
+class Initializer(abc.ABC):
+    """Initialises a freshly built Hugging Face model in place."""
+
+    @abc.abstractmethod
+    def initialize(self, model: PreTrainedModel) -> InitReport:
+        """Set the model's weights in place and report which parameters were set."""

@@ -1,0 +1,190 @@
+"""Source MoE and dense student models: named presets and builders chosen by `class_path`.
+
+Models are plain Hugging Face `PreTrainedModel`s (no Lightning here): `OlmoeForCausalLM` for the source MoE and
+`LlamaForCausalLM` (SwiGLU FFN) for the dense students.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OlmoeConfig,
+    OlmoeForCausalLM,
+    PreTrainedModel,
+)
+
+# The real OLMoE-1B-7B shape (allenai/OLMoE-1B-7B-0924) and a CPU-sized model with the same structure.
+MOE_PRESETS: dict[str, dict[str, Any]] = {
+    "olmoe-tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
+    ),
+    "olmoe-small": dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        num_experts=16,
+        num_experts_per_tok=2,
+        max_position_embeddings=1024,
+    ),
+    "olmoe-1b-7b": dict(
+        hidden_size=2048,
+        intermediate_size=1024,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        num_experts=64,
+        num_experts_per_tok=8,
+        max_position_embeddings=4096,
+        vocab_size=50304,
+        clip_qkv=None,
+    ),
+}
+
+# Dense SwiGLU students. The paper's students: 8/12/16 layers, d_model 2048, FFN 1024.
+DENSE_PRESETS: dict[str, dict[str, Any]] = {
+    "llama-tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    ),
+    "llama-tiny-4l": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    ),
+    **{
+        f"xpert-{depth}l": dict(
+            hidden_size=2048,
+            intermediate_size=1024,
+            num_hidden_layers=depth,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            max_position_embeddings=2048,
+        )
+        for depth in (8, 12, 16)
+    },
+}
+
+
+def _resolve_preset(presets: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    if name not in presets:
+        raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(presets)}")
+    return {**presets[name], **overrides}
+
+
+class ModelBuilder(abc.ABC):
+    """Builds the Hugging Face causal LM a run trains."""
+
+    @abc.abstractmethod
+    def build(self, vocab_size: int | None = None) -> PreTrainedModel:
+        """Return a freshly initialised (or loaded) model; `vocab_size` comes from the run's tokenizer."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description for manifests and reports."""
+        return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+
+class OlmoeSource(ModelBuilder):
+    """A source Mixture-of-Experts: Hugging Face `OlmoeForCausalLM` built from a preset."""
+
+    def __init__(
+        self, preset: str = "olmoe-tiny", overrides: dict[str, Any] | None = None, router_aux_loss: bool = True
+    ):
+        """
+        Args:
+            preset: one of MOE_PRESETS (`olmoe-tiny`, `olmoe-small`, `olmoe-1b-7b`).
+            overrides: config fields that replace the preset's (e.g. `{num_experts: 16}`).
+            router_aux_loss: add OLMoE's load-balancing loss to the training loss.
+        """
+        self.preset = preset
+        self.overrides = dict(overrides or {})
+        self.router_aux_loss = router_aux_loss
+        _resolve_preset(MOE_PRESETS, preset, self.overrides)
+
+    def config(self, vocab_size: int | None = None) -> OlmoeConfig:
+        fields = _resolve_preset(MOE_PRESETS, self.preset, self.overrides)
+        if vocab_size is not None:
+            fields["vocab_size"] = vocab_size
+        return OlmoeConfig(**fields, output_router_logits=self.router_aux_loss, pad_token_id=None, eos_token_id=None)
+
+    def build(self, vocab_size: int | None = None) -> PreTrainedModel:
+        return OlmoeForCausalLM(self.config(vocab_size))
+
+
+class DenseStudent(ModelBuilder):
+    """A dense SwiGLU decoder (Hugging Face `LlamaForCausalLM`) built from a preset."""
+
+    def __init__(self, preset: str = "llama-tiny", overrides: dict[str, Any] | None = None):
+        """
+        Args:
+            preset: one of DENSE_PRESETS (`llama-tiny`, `llama-tiny-4l`, `xpert-8l`, `xpert-12l`, `xpert-16l`).
+            overrides: config fields that replace the preset's (e.g. `{num_hidden_layers: 3}`).
+        """
+        self.preset = preset
+        self.overrides = dict(overrides or {})
+        _resolve_preset(DENSE_PRESETS, preset, self.overrides)
+
+    def config(self, vocab_size: int | None = None) -> LlamaConfig:
+        fields = _resolve_preset(DENSE_PRESETS, self.preset, self.overrides)
+        if vocab_size is not None:
+            fields["vocab_size"] = vocab_size
+        return LlamaConfig(**fields, hidden_act="silu", tie_word_embeddings=False, pad_token_id=None)
+
+    def build(self, vocab_size: int | None = None) -> PreTrainedModel:
+        return LlamaForCausalLM(self.config(vocab_size))
+
+
+class PretrainedCausalLM(ModelBuilder):
+    """A causal LM loaded with `from_pretrained` from a local directory (or a hub id when online)."""
+
+    def __init__(self, path: str, trust_remote_code: bool = False, dtype: str = "float32"):
+        """
+        Args:
+            path: local directory written by `save_pretrained`, or a Hugging Face hub id.
+            trust_remote_code: allow the checkpoint's own Python code to run; off unless you trust its source.
+            dtype: parameter dtype to load in (`float32`, `bfloat16`, `float16`).
+        """
+        self.path = path
+        self.trust_remote_code = trust_remote_code
+        self.dtype = dtype
+
+    def build(self, vocab_size: int | None = None) -> PreTrainedModel:
+        model = load_causal_lm(self.path, trust_remote_code=self.trust_remote_code, dtype=getattr(torch, self.dtype))
+        if vocab_size is not None and model.config.vocab_size != vocab_size:
+            raise ValueError(
+                f"{self.path} has vocab_size {model.config.vocab_size} but the tokenizer has {vocab_size}; "
+                "use the tokenizer the model was trained with."
+            )
+        return model
+
+
+def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    """`AutoModelForCausalLM.from_pretrained` with safe defaults (no remote code unless asked)."""
+    return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, dtype=dtype)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())

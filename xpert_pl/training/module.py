@@ -1,0 +1,185 @@
+"""The one LightningModule: causal-LM training of a Hugging Face model with a pluggable initializer."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from xpert_pl.artifacts import write_json
+from xpert_pl.initializers import Initializer, InitReport, ScratchInit
+from xpert_pl.models import ModelBuilder, count_parameters
+from xpert_pl.training.schedule import warmup_cosine
+from xpert_pl.training.warm_start import load_warm_start
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy over labels != -100, and the number of tokens it averages."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    n_tokens = (shift_labels != IGNORE_INDEX).sum()
+    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss / n_tokens.clamp(min=1), n_tokens
+
+
+class CausalLMModule(L.LightningModule):
+    """Trains a causal LM (source MoE or dense student) with AdamW and a warm-up + cosine schedule."""
+
+    def __init__(
+        self,
+        model: ModelBuilder,
+        initializer: Initializer | None = None,
+        vocab_size: int | None = None,
+        val_domains: list[str] | None = None,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        init_checkpoint: str | None = None,
+    ):
+        """
+        Args:
+            model: what to train: `xpert_pl.models.DenseStudent`, `OlmoeSource` or `PretrainedCausalLM`.
+            initializer: how the fresh model's weights are set before training (default `ScratchInit`);
+                swap the class to switch method (e.g. `xpert_pl.initializers.XpertInit`).
+            vocab_size: linked from the data module's tokenizer; do not set by hand.
+            val_domains: linked from the data module; names of the validation dataloaders, in order.
+            learning_rate: peak AdamW learning rate.
+            weight_decay: AdamW weight decay, applied to matrices only (not norms, biases).
+            betas: AdamW betas.
+            warmup_steps: linear warm-up steps before cosine decay.
+            min_lr_ratio: final learning rate as a fraction of the peak.
+            init_checkpoint: warm start: load weights from a Hugging Face model directory or a Lightning
+                `.ckpt` before training (optimizer and step start fresh). Not the same as resuming
+                (`--ckpt_path`), and the two cannot be combined.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "initializer"])
+        self.model_builder = model
+        self.initializer = initializer or ScratchInit()
+        self.val_domains = list(val_domains or [])
+        self.model: nn.Module | None = None
+        self.init_report: InitReport | None = None
+        self.val_loss = MeanMetric()
+        self.val_loss_by_domain = nn.ModuleDict({name: MeanMetric() for name in self.val_domains})
+        self._last_step_time: float | None = None
+        self.tokens_seen = 0
+
+    def configure_model(self) -> None:
+        """Build the HF model and apply the initializer (or warm start); idempotent."""
+        if self.model is not None:
+            return
+        self.model = self.model_builder.build(self.hparams.vocab_size)
+        if self.hparams.init_checkpoint:
+            self.init_report = load_warm_start(self.model, self.hparams.init_checkpoint)
+        else:
+            self.init_report = self.initializer.initialize(self.model)
+        log.info(
+            "built %s with %s parameters; %s set %d tensors",
+            type(self.model).__name__,
+            f"{count_parameters(self.model):,}",
+            self.init_report.initializer,
+            len(self.init_report.set_parameters),
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        labels = batch.get("labels", batch["input_ids"])
+        out = self(batch["input_ids"], batch.get("attention_mask"))
+        lm_loss, n_tokens = causal_lm_loss(out.logits, labels)
+        aux = getattr(out, "aux_loss", None)
+        return lm_loss, n_tokens, aux
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        lm_loss, _, aux = self._losses(batch)
+        loss = lm_loss
+        if aux is not None:
+            loss = loss + self.model.config.router_aux_loss_coef * aux
+            self.log("train/aux_loss", aux.detach(), on_step=True)
+        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self.log_dict(
+            {
+                "train/loss": lm_loss.detach(),
+                "train/ppl": torch.exp(lm_loss.detach()),
+                "train/tokens": float(self.tokens_seen),
+            },
+            on_step=True,
+            prog_bar=True,
+        )
+        self._log_throughput(batch["input_ids"].numel())
+        return loss
+
+    def _log_throughput(self, tokens_in_step: int) -> None:
+        # Wall time between consecutive steps includes data loading and the optimizer: what a user waits for.
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            rate = tokens_in_step * self.trainer.world_size / max(now - self._last_step_time, 1e-9)
+            self.log("train/tokens_per_s", rate, on_step=True)
+        self._last_step_time = now
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        lm_loss, n_tokens, _ = self._losses(batch)
+        self.val_loss.update(lm_loss, weight=n_tokens)
+        if dataloader_idx < len(self.val_domains):
+            self.val_loss_by_domain[self.val_domains[dataloader_idx]].update(lm_loss, weight=n_tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        overall = self.val_loss.compute()
+        metrics = {"val/loss": overall, "val/ppl": torch.exp(overall)}
+        for name, metric in self.val_loss_by_domain.items():
+            if metric.update_count:
+                metrics[f"val/loss/{name}"] = metric.compute()
+            metric.reset()
+        self.val_loss.reset()
+        self.log_dict(metrics, prog_bar=False, add_dataloader_idx=False)
+        self.log("val_loss", overall, prog_bar=True, add_dataloader_idx=False)
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_time = None
+
+    def on_fit_start(self) -> None:
+        log_dir = self.trainer.log_dir
+        if self.trainer.is_global_zero and log_dir and self.init_report is not None:
+            write_json(Path(log_dir) / "init_report.json", self.init_report.to_dict())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.learning_rate,
+            betas=tuple(self.hparams.betas),
+        )
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else 10_000
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=self.hparams.warmup_steps,
+            total_steps=total,
+            min_lr_ratio=self.hparams.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
