@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         elif command in commands:
             from jsonargparse import auto_cli
 
-            auto_cli(commands[command], args=rest)
+            auto_cli(commands[command], args=rest, as_positional=False)
         else:
             raise ConfigError(
                 [f"unknown command '{command}'; choose one of: {', '.join([*LIGHTNING_COMMANDS, *commands])}"]

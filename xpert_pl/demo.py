@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from xpert_pl.paths import data_root as resolve_data_root
@@ -18,28 +19,50 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 METHODS = {"scratch": "xpert_pl.initializers.ScratchInit", "xpert": "xpert_pl.initializers.XpertInit"}
 
 
-def _stage(name: str, done_marker: Path, timings: dict[str, float]) -> bool:
-    """Log the stage; True when it must run (its output marker is missing)."""
-    if done_marker.exists():
-        log.info("[demo] %s: cached (%s)", name, done_marker)
-        timings[name] = 0.0
-        return False
-    log.info("[demo] %s ...", name)
-    return True
+class _Stages:
+    """Runs the demo's stages in order; a stage whose output marker exists is skipped (cached) and timed as 0."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.cached: list[str] = []
+
+    def run(self, name: str, done_marker: Path, fn: Callable[[], None]) -> None:
+        if done_marker.exists():
+            log.info("[demo] %s: cached (%s)", name, done_marker)
+            self.cached.append(name)
+            self.seconds[name] = 0.0
+            return
+        log.info("[demo] %s ...", name)
+        start = time.perf_counter()
+        fn()
+        self.seconds[name] = time.perf_counter() - start
+        log.info("[demo] %s done in %.1f s", name, self.seconds[name])
 
 
 def _fit(config: Path, run_dir: Path, data_args: list[str], extra: list[str]) -> None:
     from xpert_pl.cli import run_lightning_cli
 
-    args = ["fit", "--config", str(config), *data_args, f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
-    run_lightning_cli(args)
+    run_lightning_cli(
+        ["fit", "--config", str(config), *data_args, f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
+    )
+
+
+def _validation_interval(steps: int, points: int = 6) -> int:
+    """The largest divisor of `steps` giving at least `points` validations, so the last step is validated."""
+    return max(d for d in range(1, max(1, steps // points) + 1) if steps % d == 0)
+
+
+def _command(name: str, config: Path, args: list[str]) -> None:
+    from xpert_pl.cli import main
+
+    main([name, "--config", str(config), *args])
 
 
 def demo(
     out_dir: str = "runs/demo",
     data_root: str | None = None,
     seed: int = 0,
-    source_steps: int = 400,
+    source_steps: int = 800,
     student_steps: int = 300,
     max_docs_per_domain: int | None = 300,
     tokenizer_vocab_size: int = 4096,
@@ -61,95 +84,62 @@ def demo(
 
     start = time.perf_counter()
     out, configs = Path(out_dir), Path(config_dir) if config_dir else CONFIG_DIR
-    root = str(resolve_data_root(data_root))
-    data_args = [
-        f"--data.init_args.data_root={root}",
-        f"--data.init_args.tokenizer={out / 'tokenizer'}",
-        f"--data.init_args.cache_dir={out / 'cache'}",
-        f"--data.init_args.max_docs_per_domain={max_docs_per_domain}",
-        f"--data.init_args.tokenizer_vocab_size={tokenizer_vocab_size}",
-    ]
-    timings: dict[str, float] = {}
-    _timed(timings, "source", lambda: _train_source(out, configs, data_args, source_steps, timings))
-    _timed(timings, "analysis", lambda: _analyse(out, configs, data_args, timings))
-    _timed(timings, "bank", lambda: _extract(out, configs, timings))
+    source_hf, bank = out / "source" / "hf", out / "bank"
+    data = {
+        "data_root": resolve_data_root(data_root),
+        "tokenizer": out / "tokenizer",
+        "cache_dir": out / "cache",
+        "max_docs_per_domain": max_docs_per_domain,
+        "tokenizer_vocab_size": tokenizer_vocab_size,
+    }
+    data = {k: "null" if v is None else v for k, v in data.items()}
+    fit_data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
+    stages = _Stages()
+    stages.run(
+        "source MoE",
+        source_hf / "config.json",
+        lambda: _fit(
+            configs / "source" / "tiny.yaml",
+            out / "source",
+            fit_data,
+            [
+                f"--trainer.max_steps={source_steps}",
+                f"--trainer.val_check_interval={_validation_interval(source_steps)}",
+            ],
+        ),
+    )
+    stages.run(
+        "analysis",
+        out / "analysis" / "selection.json",
+        lambda: _command(
+            "analyze",
+            configs / "analyze" / "tiny.yaml",
+            [f"--model={source_hf}", f"--out_dir={out / 'analysis'}", *[f"--data.{k}={v}" for k, v in data.items()]],
+        ),
+    )
+    stages.run(
+        "knowledge bank",
+        bank / "manifest.json",
+        lambda: _command(
+            "extract",
+            configs / "extract" / "tiny.yaml",
+            [f"--model={source_hf}", f"--selection={out / 'analysis' / 'selection.json'}", f"--out_dir={bank}"],
+        ),
+    )
     for method, class_path in METHODS.items():
-        _timed(
-            timings,
-            f"student_{method}",
-            lambda m=method, c=class_path: _train_student(out, configs, data_args, m, c, seed, student_steps, timings),
+        run_dir = out / "students" / method / f"seed{seed}"
+        method_args = [
+            f"--seed_everything={seed}",
+            f"--trainer.max_steps={student_steps}",
+            f"--trainer.val_check_interval={_validation_interval(student_steps)}",
+            f"--model.initializer.class_path={class_path}",
+            *([f"--model.initializer.init_args.bank={bank}"] if method == "xpert" else []),
+        ]
+        stages.run(
+            f"student {method}",
+            run_dir / "hf" / "config.json",
+            lambda run_dir=run_dir, args=method_args: _fit(configs / "pretrain" / "tiny.yaml", run_dir, fit_data, args),
         )
-    report = write_demo_report(out, list(METHODS), seed, timings, time.perf_counter() - start)
+    report = write_demo_report(out, list(METHODS), seed, stages.seconds, stages.cached, time.perf_counter() - start)
     log.info("[demo] done in %.1f s; report: %s", time.perf_counter() - start, report)
     return report
-
-
-def _timed(timings: dict[str, float], name: str, fn) -> None:
-    start = time.perf_counter()
-    fn()
-    timings.setdefault(name, time.perf_counter() - start)
-
-
-def _train_source(out: Path, configs: Path, data_args: list[str], steps: int, timings: dict[str, float]) -> None:
-    run_dir = out / "source"
-    if _stage("source MoE", run_dir / "hf" / "config.json", timings):
-        _fit(configs / "source" / "tiny.yaml", run_dir, data_args, [f"--trainer.max_steps={steps}"])
-
-
-def _train_student(
-    out: Path,
-    configs: Path,
-    data_args: list[str],
-    method: str,
-    class_path: str,
-    seed: int,
-    steps: int,
-    timings: dict[str, float],
-) -> None:
-    run_dir = out / "students" / method / f"seed{seed}"
-    if not _stage(f"student {method}", run_dir / "hf" / "config.json", timings):
-        return
-    bank_arg = [f"--model.initializer.init_args.bank={out / 'bank'}"] if method == "xpert" else []
-    _fit(
-        configs / "pretrain" / "tiny.yaml",
-        run_dir,
-        data_args,
-        [
-            f"--seed_everything={seed}",
-            f"--trainer.max_steps={steps}",
-            f"--model.initializer.class_path={class_path}",
-            *bank_arg,
-        ],
-    )
-
-
-def _analyse(out: Path, configs: Path, data_args: list[str], timings: dict[str, float]) -> None:
-    from xpert_pl.cli import main
-
-    if _stage("analysis", out / "analysis" / "selection.json", timings):
-        main(
-            [
-                "analyze",
-                "--config",
-                str(configs / "analyze" / "tiny.yaml"),
-                f"--model={out / 'source' / 'hf'}",
-                f"--out_dir={out / 'analysis'}",
-                *[a.replace("--data.init_args.", "--data.") for a in data_args],
-            ]
-        )
-
-
-def _extract(out: Path, configs: Path, timings: dict[str, float]) -> None:
-    from xpert_pl.cli import main
-
-    if _stage("knowledge bank", out / "bank" / "manifest.json", timings):
-        main(
-            [
-                "extract",
-                "--config",
-                str(configs / "extract" / "tiny.yaml"),
-                f"--model={out / 'source' / 'hf'}",
-                f"--selection={out / 'analysis' / 'selection.json'}",
-                f"--out_dir={out / 'bank'}",
-            ]
-        )
