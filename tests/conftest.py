@@ -80,6 +80,12 @@ def single_threaded_blas():
 
 
 @pytest.fixture(scope="session")
+def corpus_writer():
+    """`write_tiny_corpus`, for tests that need a corpus of their own size."""
+    return write_tiny_corpus
+
+
+@pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory) -> Path:
     """A data root with a tiny three-domain corpus."""
     return write_tiny_corpus(tmp_path_factory.mktemp("data_root"))

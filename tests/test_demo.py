@@ -12,10 +12,8 @@ from xpert_pl.demo import demo
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    from conftest import write_tiny_corpus  # tests/conftest.py: importable because tests/ has no __init__.py
-
-    root = write_tiny_corpus(tmp_path_factory.mktemp("demo_data"), docs_per_domain=200)
+def demo_run(tmp_path_factory, corpus_writer):
+    root = corpus_writer(tmp_path_factory.mktemp("demo_data"), docs_per_domain=200)
     out = tmp_path_factory.mktemp("demo") / "run"
     report = demo(out_dir=str(out), data_root=str(root), source_steps=6, student_steps=4, max_docs_per_domain=None,
                   tokenizer_vocab_size=320)
