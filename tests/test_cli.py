@@ -27,10 +27,17 @@ def test_unknown_command_exits_2_and_lists_commands(capsys):
 
 
 def test_resume_and_warm_start_together_are_refused(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
-    args = ["fit", "--config", str(CONFIGS / "pretrain" / "tiny.yaml"),
-            f"--data.init_args.data_root={tiny_data_root}", f"--data.init_args.tokenizer={tiny_tokenizer_dir}",
-            f"--data.init_args.cache_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--ckpt_path=last", f"--model.init_checkpoint={tmp_path}"]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "pretrain" / "tiny.yaml"),
+        f"--data.init_args.data_root={tiny_data_root}",
+        f"--data.init_args.tokenizer={tiny_tokenizer_dir}",
+        f"--data.init_args.cache_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--ckpt_path=last",
+        f"--model.init_checkpoint={tmp_path}",
+    ]
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2
@@ -43,8 +50,15 @@ def test_analyze_refuses_a_dense_model(tiny_data_root, tiny_tokenizer_dir, tmp_p
 
     DenseStudent("llama-tiny").build(320).save_pretrained(tmp_path / "dense")
     with pytest.raises(SystemExit) as exc:
-        main(["analyze", f"--model={tmp_path / 'dense'}", f"--data.tokenizer={tiny_tokenizer_dir}",
-              f"--data.data_root={tiny_data_root}", f"--out_dir={tmp_path / 'analysis'}"])
+        main(
+            [
+                "analyze",
+                f"--model={tmp_path / 'dense'}",
+                f"--data.tokenizer={tiny_tokenizer_dir}",
+                f"--data.data_root={tiny_data_root}",
+                f"--out_dir={tmp_path / 'analysis'}",
+            ]
+        )
     assert exc.value.code == 2
     assert "supported families: olmoe" in capsys.readouterr().err
     assert not (tmp_path / "analysis").exists()

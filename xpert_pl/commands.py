@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
-from xpert_pl.analysis import ConsistentExpertSelector, ExpertSelector, model_fingerprint, run_analysis
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from xpert_pl.analysis import ActivationCounts, ConsistentExpertSelector, ExpertSelector, model_fingerprint
+from xpert_pl.analysis.counter import Precision
 from xpert_pl.bank import TuckerConsolidator, extract_bank
 from xpert_pl.data import PretrainDataModule
 from xpert_pl.demo import demo
@@ -26,6 +31,9 @@ def analyze(
     max_tokens_per_domain: int | None = None,
     plots: bool = True,
     trust_remote_code: bool = False,
+    domains: str | None = None,
+    precision: Precision = "auto",
+    devices: int = 1,
 ) -> None:
     """Count how often each expert is routed to, per layer and domain, and select the consistent experts.
 
@@ -37,35 +45,83 @@ def analyze(
         max_tokens_per_domain: token budget per domain (None: the whole validation split).
         plots: write per-layer heatmaps.
         trust_remote_code: allow the checkpoint's own Python code to run.
+        domains: a domain-set YAML (see `xpert_pl.data.domain_sets`) that replaces `data.domains`.
+        precision: compute dtype: `auto` is bfloat16 on a CUDA device that supports it, else float32; the model
+            is loaded in that dtype. Counts accumulate in int64/float64 regardless.
+        devices: devices to count on (CUDA when available, else CPU processes); above 1 the batches are shared
+            out by Lightning DDP (one process per device) and only rank 0 writes.
     """
-    source = load_causal_lm(model, trust_remote_code=trust_remote_code)
+    from xpert_pl.analysis.counter import compute_dtype
+    from xpert_pl.analysis.run import write_analysis
+    from xpert_pl.data.domain_sets import describe_domain_set
+
+    _prepare_domains(data, domains, devices)  # before the (possibly large) model is loaded
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = compute_dtype(precision, device)
+    source = load_causal_lm(model, trust_remote_code=trust_remote_code, dtype=dtype)
     moe_layers(source)  # fails with the list of supported families before any data work
-    problems = []
     if data.vocab_size > source.config.vocab_size:
-        problems.append(
-            f"tokenizer has {data.vocab_size} tokens but {model} has vocab_size "
-            f"{source.config.vocab_size}; analyse with the tokenizer the source was trained with"
+        raise_if_problems(
+            [
+                f"tokenizer has {data.vocab_size} tokens but {model} has vocab_size "
+                f"{source.config.vocab_size}; analyse with the tokenizer the source was trained with"
+            ]
         )
-    raise_if_problems(problems)
-    data.setup("validate")
-    batches = dict(zip(data.domain_names, data.val_dataloader(), strict=True))
+    counts = _count_routing(source, data, device, devices, max_tokens_per_domain, precision)
+    if counts is None:  # a rank other than 0 of a multi-device run: rank 0 writes
+        return
     meta = {
         "model": str(model),
         "model_fingerprint": model_fingerprint(source),
         "tokenizer": str(data.hparams.tokenizer),
+        "max_tokens_per_domain": max_tokens_per_domain,
+        "precision": str(dtype).removeprefix("torch."),
+        "devices": devices,
+        "domain_set_file": None if domains is None else str(Path(domains).resolve()),
+        "domain_set": describe_domain_set(data.domains, data.hparams.data_root),
     }
-    _, selection = run_analysis(
-        source,
-        batches,
-        out_dir,
-        selector or ConsistentExpertSelector(),
-        max_tokens_per_domain=max_tokens_per_domain,
-        meta=meta,
-        plots=plots,
-    )
+    selection = write_analysis(counts, out_dir, selector or ConsistentExpertSelector(), meta, plots)
     for layer in selection.layers:
         log.info("layer %d: experts %s", layer.layer, layer.experts)
     log.info("analysis written to %s", Path(out_dir).resolve())
+
+
+def _prepare_domains(data: PretrainDataModule, domains: str | None, devices: int) -> None:
+    """Swap in the domain set `domains` (if given), then check every local domain has data and `devices`."""
+    from xpert_pl.data.domain_sets import domain_file_problems, load_domain_set
+
+    if domains is not None:
+        specs = load_domain_set(domains)
+        data.domains = specs
+        data.hparams["domains"] = [dataclasses.asdict(s) for s in specs]
+    problems = domain_file_problems(data.domains, data.hparams.data_root)
+    if devices < 1:
+        problems.append(f"devices must be >= 1, got {devices}")
+    raise_if_problems(problems)
+
+
+def _count_routing(
+    source: torch.nn.Module,
+    data: PretrainDataModule,
+    device: torch.device,
+    devices: int,
+    max_tokens_per_domain: int | None,
+    precision: Precision,
+) -> ActivationCounts | None:
+    """Routing counts over the validation loaders: on `device`, or shared out by DDP over `devices`.
+
+    Returns None on ranks other than 0 (every rank holds the totals, but only one should write them).
+    """
+    from xpert_pl.analysis.counter import count_activations
+    from xpert_pl.analysis.distributed import count_activations_distributed
+
+    data.setup("validate")
+    loaders = dict(zip(data.domain_names, data.val_dataloader(), strict=True))
+    if devices == 1:
+        return count_activations(source.to(device), loaders, max_tokens_per_domain, precision=precision)
+    trainer_kwargs = {"accelerator": device.type, "devices": devices, "strategy": "ddp"}
+    counts = count_activations_distributed(source, loaders, trainer_kwargs, max_tokens_per_domain, precision)
+    return counts if rank_zero_only.rank == 0 else None
 
 
 def extract(

@@ -1,10 +1,11 @@
-"""Fixtures for the analysis tests: a seeded tiny OLMoE, random batches, and a router-forced MoE."""
+"""Fixtures for the analysis tests: a seeded tiny OLMoE, random batches, a router-forced MoE, hand-made counts."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from xpert_pl.analysis.counter import ActivationCounts
 from xpert_pl.models import OlmoeSource
 
 VOCAB = 64
@@ -53,3 +54,34 @@ def forced_moe():
             block.mlp.experts.down_proj[:, 0, :] = 0.0
             block.mlp.gate.weight[list(FORCED_EXPERTS), 0] = 10.0
     return model
+
+
+@pytest.fixture
+def make_counts():
+    """`make_counts(counts[L][D][E], tokens[D], top_k)` -> `ActivationCounts` with domains d0, d1, ..."""
+
+    def make(counts: list[list[list[int]]], tokens: list[int], top_k: int = 1) -> ActivationCounts:
+        c = torch.tensor(counts, dtype=torch.int64)
+        return ActivationCounts(
+            domains=[f"d{i}" for i in range(len(tokens))],
+            counts=c,
+            prob_sum=c.double(),
+            tokens=torch.tensor(tokens, dtype=torch.int64),
+            top_k=top_k,
+            num_experts=c.shape[-1],
+        )
+
+    return make
+
+
+@pytest.fixture
+def random_counts():
+    """`random_counts(layers, experts, seed)` -> seeded `ActivationCounts` over domains a, b, c with top-2."""
+
+    def make(layers: int = 3, experts: int = 64, seed: int = 0) -> ActivationCounts:
+        gen = torch.Generator().manual_seed(seed)
+        c = torch.randint(0, 50, (layers, 3, experts), generator=gen)
+        # Tokens consistent with top-2 routing in layer 0, so frequencies are proper shares.
+        return ActivationCounts(["a", "b", "c"], c, c.double(), c[0].sum(-1) // 2, top_k=2, num_experts=experts)
+
+    return make

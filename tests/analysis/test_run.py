@@ -25,9 +25,14 @@ def test_heatmaps_written_per_layer(tmp_path):
     counts = ActivationCounts(["a", "b"], c, c.double(), c[0].sum(-1) // 2, top_k=2, num_experts=64)
     selection = ConsistentExpertSelector(n=4).select(counts)
     paths = plot_layer_heatmaps(counts, tmp_path / "h", selection)
-    assert [p.name for p in paths] == ["layer_00.png", "layer_01.png", "layer_02.png", "consistency.png"]
+    stems = ("layer_00", "layer_01", "layer_02", "consistency")
+    assert [p.name for p in paths] == [f"{s}.{ext}" for s in stems for ext in ("png", "svg")]
     for path in paths:
-        assert path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+        assert path.stat().st_size > 1000
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == PNG_MAGIC
+        else:
+            assert b"<svg" in path.read_bytes()[:2000]
 
 
 def test_run_analysis_writes_artifacts(tiny_moe, make_batches, tmp_path):
@@ -39,8 +44,9 @@ def test_run_analysis_writes_artifacts(tiny_moe, make_batches, tmp_path):
     assert Selection.load(tmp_path / "selection.json") == selection
     assert selection.n == 3 and all(len(x.experts) == 3 for x in selection.layers)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    expected = {"counts.safetensors", "counts.json", "selection.json", "heatmaps/consistency.png"}
-    expected |= {f"heatmaps/layer_{i:02d}.png" for i in range(4)}
+    stems = ["consistency", "selection_vs_n", *(f"layer_{i:02d}" for i in range(4))]
+    expected = {"counts.safetensors", "counts.json", "selection.json"}
+    expected |= {f"heatmaps/{stem}.{ext}" for stem in stems for ext in ("png", "svg")}
     assert set(manifest["files"]) == expected
     assert all(sha256_file(tmp_path / name) == digest for name, digest in manifest["files"].items())
     assert manifest["selector"] == {"class": "ConsistentExpertSelector", "n": 3, "weighting": "frequency"}

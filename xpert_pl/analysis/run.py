@@ -32,24 +32,43 @@ def run_analysis(
 ) -> tuple[ActivationCounts, Selection]:
     """Count expert activations per domain, select experts, and write the analysis artifacts into `out_dir`.
 
-    Writes `counts.safetensors`, `counts.json`, `selection.json`, `heatmaps/*.png` (if `plots`) and
-    `manifest.json` (sha256 of every file, `meta`, the model fingerprint, the selector's class and arguments).
+    The artifacts are those of `write_analysis`; `meta` gains the model fingerprint and the token budget.
     """
-    out_dir = Path(out_dir)
     meta = {
         "model_fingerprint": model_fingerprint(model),
         "max_tokens_per_domain": max_tokens_per_domain,
         **(meta or {}),
     }
     counts = count_activations(model, batches_by_domain, max_tokens_per_domain=max_tokens_per_domain)
+    selection = write_analysis(counts, out_dir, selector, meta, plots)
+    return counts, selection
+
+
+def write_analysis(
+    counts: ActivationCounts,
+    out_dir: str | Path,
+    selector: ExpertSelector,
+    meta: dict[str, Any] | None = None,
+    plots: bool = True,
+) -> Selection:
+    """Write the artifacts of an analysis from counts made elsewhere (any device count or precision).
+
+    Writes `counts.safetensors`, `counts.json` (with `meta`), `selection.json`, if `plots` the figures in
+    `heatmaps/` (per-layer heatmaps, consistency and `selection_vs_n`, the same selector for n = 1..E via
+    `ExpertSelector.with_n`, each as PNG and SVG) and `manifest.json` (sha256 of every file, `meta`, the
+    selector's class and arguments, tokens per domain).
+    """
+    out_dir = Path(out_dir)
+    meta = dict(meta or {})
     counts.save(out_dir, extra_meta=meta)
     selection = selector.select(counts)
     selection.save(out_dir / SELECTION_FILE)
     files = [out_dir / COUNTS_TENSORS, out_dir / COUNTS_META, out_dir / SELECTION_FILE]
     if plots:
-        from xpert_pl.analysis.plots import plot_layer_heatmaps
+        from xpert_pl.analysis.plots import plot_layer_heatmaps, plot_selection_vs_n
 
         files += plot_layer_heatmaps(counts, out_dir / HEATMAP_DIR, selection)
+        files += plot_selection_vs_n(counts, selector, out_dir / HEATMAP_DIR)
     manifest = {
         "files": {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files},
         "meta": meta,
@@ -57,7 +76,7 @@ def run_analysis(
         "tokens": {d: int(t) for d, t in zip(counts.domains, counts.tokens.tolist(), strict=True)},
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
-    return counts, selection
+    return selection
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -1,24 +1,62 @@
-"""Choosing, per layer, the commonly-activated experts whose weights initialise a dense student.
+"""Choosing, per layer, the experts whose weights initialise a dense student.
 
 The JSON that `Selection.save` writes is a fixed schema read by the bank extractor:
 `{"strategy", "n", "num_experts", "top_k", "domains", "score", "layers": [{"layer", "experts", "weights",
-"scores"}]}`.
+"scores"}]}`. A strategy may add optional per-layer keys after these (e.g. `domain` for a specialist,
+`weights_note` when frequency weights fell back to uniform); readers ignore keys they do not know.
+
+This module holds the schema, the `ExpertSelector` interface, the helpers every strategy shares and the XPERT
+default `ConsistentExpertSelector`; the other strategies live in `xpert_pl.analysis.strategies` and are
+re-exported here, so `xpert_pl.analysis.selection.<Name>` works as a `class_path` too.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from xpert_pl.analysis.counter import ActivationCounts
 from xpert_pl.artifacts import read_json, write_json
 
+if TYPE_CHECKING:
+    from xpert_pl.analysis.strategies import (
+        DomainSpecialistSelector,
+        LeastFrequentSelector,
+        RandomExpertSelector,
+        TopFrequencySelector,
+    )
+
 SELECTION_KEYS = ("strategy", "n", "num_experts", "top_k", "domains", "score", "layers")
 LAYER_KEYS = ("layer", "experts", "weights", "scores")
+WEIGHTINGS = ("frequency", "uniform")
+Weighting = Literal["frequency", "uniform"]
+_STRATEGIES = ("DomainSpecialistSelector", "LeastFrequentSelector", "RandomExpertSelector", "TopFrequencySelector")
+
+__all__ = [
+    "LAYER_KEYS",
+    "SELECTION_KEYS",
+    "ConsistentExpertSelector",
+    "DomainSpecialistSelector",
+    "ExpertSelector",
+    "LayerSelection",
+    "LeastFrequentSelector",
+    "RandomExpertSelector",
+    "Selection",
+    "TopFrequencySelector",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy re-export: strategies.py imports this module, so an eager import here would be circular.
+    if name in _STRATEGIES:
+        from xpert_pl.analysis import strategies
+
+        return getattr(strategies, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -30,12 +68,24 @@ class LayerSelection:
         experts: selected expert ids, best first.
         weights: mixing weight of each selected expert (same order as `experts`), summing to 1.
         scores: the score of every expert (length E), so the file shows why these were chosen.
+        extra: optional strategy-specific fields, written after the schema keys and never replacing them.
     """
 
     layer: int
     experts: list[int]
     weights: list[float]
     scores: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clash = sorted(set(self.extra) & set(LAYER_KEYS))
+        if clash:
+            raise ValueError(f"extra per-layer fields must not reuse schema keys: {clash}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The layer's JSON object: the schema keys in schema order, then the extra fields."""
+        schema = {"layer": self.layer, "experts": self.experts, "weights": self.weights, "scores": self.scores}
+        return {**schema, **self.extra}
 
 
 @dataclass
@@ -52,8 +102,10 @@ class Selection:
 
     def save(self, path: str | Path) -> None:
         """Write the selection as JSON, atomically."""
-        data = asdict(self)
-        write_json(path, {key: data[key] for key in SELECTION_KEYS})
+        data = {key: getattr(self, key) for key in SELECTION_KEYS}
+        data["domains"] = list(self.domains)
+        data["layers"] = [layer.to_dict() for layer in self.layers]
+        write_json(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> Selection:
@@ -69,6 +121,7 @@ class Selection:
                 [int(e) for e in x["experts"]],
                 [float(w) for w in x["weights"]],
                 [float(s) for s in x["scores"]],
+                {k: v for k, v in x.items() if k not in LAYER_KEYS},
             )
             for x in data["layers"]
         ]
@@ -84,7 +137,13 @@ class Selection:
 
 
 class ExpertSelector(abc.ABC):
-    """Turns routing statistics into a per-layer expert selection."""
+    """Turns routing statistics into a per-layer expert selection.
+
+    Subclasses take `n` (experts per layer, None = the source's top_k) and keep every constructor argument as a
+    public attribute of the same name: `describe` reports them and `with_n` rebuilds the selector from them.
+    """
+
+    n: int | None
 
     @abc.abstractmethod
     def select(self, counts: ActivationCounts) -> Selection:
@@ -92,7 +151,106 @@ class ExpertSelector(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (class and constructor arguments) for manifests and reports."""
-        return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        return {"class": type(self).__name__, **self._init_args()}
+
+    def with_n(self, n: int) -> ExpertSelector:
+        """A new selector of the same class and arguments that keeps `n` experts per layer (validated anew)."""
+        return type(self)(**{**self._init_args(), "n": n})
+
+    def _init_args(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def check_n(n: int | None) -> int | None:
+    """Validate a selector's `n` at construction (its upper bound, num_experts, is checked by `resolve_n`)."""
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1 (or None for the source's top_k), got {n}")
+    return n
+
+
+def check_weighting(weighting: str) -> Weighting:
+    """Validate a selector's `weighting`."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be 'frequency' or 'uniform', got '{weighting}'")
+    return weighting  # type: ignore[return-value]
+
+
+def resolve_n(n: int | None, counts: ActivationCounts) -> int:
+    """`n`, or the source's top_k when None; raises unless 1 <= n <= num_experts."""
+    n = counts.top_k if n is None else n
+    if not 1 <= n <= counts.num_experts:
+        raise ValueError(f"n must be between 1 and num_experts={counts.num_experts}, got {n}")
+    return n
+
+
+def scored_frequency(counts: ActivationCounts, domains: list[str] | None = None) -> torch.Tensor:
+    """f[L, D, E] (DESIGN.md, step 1); raises if one of `domains` (default: all) counted no tokens."""
+    needed = counts.domains if domains is None else domains
+    tokens = dict(zip(counts.domains, counts.tokens.tolist(), strict=True))
+    empty = [d for d in needed if tokens[d] == 0]
+    if empty:
+        raise ValueError(f"domains with no tokens counted cannot be scored: {empty}")
+    return counts.frequency()
+
+
+def ranked_selection(
+    counts: ActivationCounts,
+    n: int,
+    order: torch.Tensor,
+    scores: torch.Tensor,
+    basis: torch.Tensor,
+    weighting: Weighting,
+    extra: dict[str, Any] | None = None,
+) -> list[LayerSelection]:
+    """Per layer, the n experts first in `order`, weighted by `basis`.
+
+    Args:
+        counts: the statistics (only its layer count is used).
+        n: experts kept per layer.
+        order: (L, E) or (L, E, K) sort keys, smallest first; later keys break ties of earlier ones and the
+            expert id breaks any tie left, so every strategy is deterministic.
+        scores: (L, E) the strategy's score of every expert, written to `scores`.
+        basis: (L, E) non-negative mass that `frequency` weighting normalises over the selected set.
+        weighting: `frequency` (by `basis`) or `uniform` (1/n each).
+        extra: fields added to every layer's JSON object.
+    """
+    keys = order.unsqueeze(-1) if order.dim() == 2 else order
+    # Equal frequencies computed along different float paths (a mean of .3 and .3 vs .2 and .4) differ in the
+    # last bit; rounding makes such mathematical ties fall to the documented tie-break instead.
+    keys = torch.round(keys.to(torch.float64), decimals=12)
+    layers = []
+    for layer in range(counts.num_layers):
+        rows = keys[layer].tolist()
+        experts = sorted(range(len(rows)), key=lambda e: (*rows[e], e))[:n]
+        weights, note = _weights([float(basis[layer, e]) for e in experts], weighting)
+        fields = {**(extra or {}), **({"weights_note": note} if note else {})}
+        layers.append(LayerSelection(layer, experts, weights, scores[layer].tolist(), fields))
+    return layers
+
+
+def _weights(mass: list[float], weighting: Weighting) -> tuple[list[float], str | None]:
+    """Mixing weights of the selected experts, and a note when frequency weighting had to fall back to uniform."""
+    n, total = len(mass), sum(mass)
+    if weighting == "uniform":
+        return [1.0 / n] * n, None
+    if total <= 0:  # the selected experts were never routed to: there is no frequency to weight by
+        return [1.0 / n] * n, "uniform: the selected experts have zero routing frequency"
+    return [m / total for m in mass], None
+
+
+def make_selection(
+    counts: ActivationCounts, strategy: str, n: int, score: str, layers: list[LayerSelection]
+) -> Selection:
+    """A `Selection` carrying the source's sizes and domains."""
+    return Selection(
+        strategy=strategy,
+        n=n,
+        num_experts=counts.num_experts,
+        top_k=counts.top_k,
+        domains=list(counts.domains),
+        layers=layers,
+        score=score,
+    )
 
 
 class ConsistentExpertSelector(ExpertSelector):
@@ -104,47 +262,21 @@ class ConsistentExpertSelector(ExpertSelector):
 
     SCORE = "E * min_d f_{l,d}(e), f = top-k routing frequency (1.0 = at least the uniform share in every domain)"
 
-    def __init__(self, n: int | None = None, weighting: Literal["frequency", "uniform"] = "frequency"):
+    def __init__(self, n: int | None = None, weighting: Weighting = "frequency"):
         """
         Args:
             n: experts kept per layer; None keeps the source's top_k.
             weighting: `frequency` weights experts by their mean routing frequency (normalised over the selected
                 set); `uniform` gives each 1/n.
         """
-        if n is not None and n < 1:
-            raise ValueError(f"n must be >= 1 (or None for the source's top_k), got {n}")
-        if weighting not in ("frequency", "uniform"):
-            raise ValueError(f"weighting must be 'frequency' or 'uniform', got '{weighting}'")
-        self.n = n
-        self.weighting = weighting
+        self.n = check_n(n)
+        self.weighting = check_weighting(weighting)
 
     def select(self, counts: ActivationCounts) -> Selection:
-        n = counts.top_k if self.n is None else self.n
-        if not 1 <= n <= counts.num_experts:
-            raise ValueError(f"n must be between 1 and num_experts={counts.num_experts}, got {n}")
-        empty = [d for d, t in zip(counts.domains, counts.tokens.tolist(), strict=True) if t == 0]
-        if empty:
-            raise ValueError(f"domains with no tokens counted cannot be scored: {empty}")
-        freq = counts.frequency()  # (L, D, E)
+        n = resolve_n(self.n, counts)
+        freq = scored_frequency(counts)  # (L, D, E)
         scores = counts.num_experts * freq.min(dim=1).values
         mean_freq = freq.mean(dim=1)
-        layers = [self._select_layer(layer, scores[layer], mean_freq[layer], n) for layer in range(freq.shape[0])]
-        return Selection(
-            strategy="consistent",
-            n=n,
-            num_experts=counts.num_experts,
-            top_k=counts.top_k,
-            domains=list(counts.domains),
-            layers=layers,
-            score=self.SCORE,
-        )
-
-    def _select_layer(self, layer: int, scores: torch.Tensor, mean_freq: torch.Tensor, n: int) -> LayerSelection:
-        s, m = scores.tolist(), mean_freq.tolist()
-        ranked = sorted(range(len(s)), key=lambda e: (-s[e], -m[e], e))
-        experts = ranked[:n]
-        mass = sum(m[e] for e in experts)
-        # An all-zero selected set (n larger than the experts ever used) has no frequency to weight by.
-        uniform = self.weighting == "uniform" or mass <= 0
-        weights = [1.0 / n] * n if uniform else [m[e] / mass for e in experts]
-        return LayerSelection(layer=layer, experts=experts, weights=weights, scores=s)
+        order = torch.stack([-scores, -mean_freq], dim=-1)
+        layers = ranked_selection(counts, n, order, scores, mean_freq, self.weighting)
+        return make_selection(counts, "consistent", n, self.SCORE, layers)

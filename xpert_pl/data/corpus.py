@@ -22,7 +22,9 @@ class DomainSpec:
 
     Attributes:
         name: domain name (used in metric names and cache files).
-        files: glob patterns of jsonl files, relative to the data root or absolute; default `corpus/<name>/*.jsonl`.
+        files: glob patterns of local files, relative to the data root or absolute; default `corpus/<name>/*.jsonl`.
+            Formats by extension (one per domain): `.jsonl`/`.json` (one document per row), `.parquet` (one
+            per row), `.txt` (one document per non-blank line, field `text`).
         hub_id: a Hugging Face dataset id, streamed instead of local files (needs network access).
         hub_config: configuration name of `hub_id`.
         hub_split: split of `hub_id` to read; the train/validation split is then made by hashing.
@@ -70,6 +72,33 @@ def resolve_files(spec: DomainSpec, data_root: str | None = None) -> list[str]:
     return files
 
 
+# Builder of `datasets.load_dataset` for each local file extension.
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+def file_builder(spec: DomainSpec, files: list[str]) -> str:
+    """The `datasets` builder that reads a domain's files, which must all have one supported format.
+
+    Raises:
+        ValueError: an unsupported extension, formats mixed in one domain, or a `.txt` domain whose
+            `text_field` is not `text` (the text builder has only that column).
+    """
+    builders = {FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
+    if None in builders or len(builders) != 1:
+        suffixes = sorted({Path(f).suffix for f in files})
+        raise ValueError(
+            f"domain '{spec.name}': files must share one format of {sorted(FILE_BUILDERS)}, got {suffixes}"
+        )
+    builder = builders.pop()
+    if builder == "text" and spec.text_field != "text":
+        raise ValueError(f"domain '{spec.name}': .txt files have the single field 'text', not '{spec.text_field}'")
+    return builder
+
+
+def _nonblank(batch: dict[str, list[str]]) -> list[bool]:
+    return [bool(t.strip()) for t in batch["text"]]
+
+
 def _split_mask(batch: dict[str, list[Any]], text_field: str, val_fraction: float, want_val: bool) -> list[bool]:
     texts = batch[text_field]
     ids = batch.get("id") or [None] * len(texts)
@@ -83,7 +112,10 @@ def _open(
     if spec.hub_id:
         return datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split, streaming=True)
     files = resolve_files(spec, data_root)
-    return datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir, streaming=streaming)
+    builder = file_builder(spec, files)
+    ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, streaming=streaming)
+    # Text files: one document per line; blank lines (paragraph breaks) are not documents.
+    return ds.filter(_nonblank, batched=True) if builder == "text" else ds
 
 
 def load_domain_texts(
