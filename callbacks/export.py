@@ -23,9 +23,10 @@ class HFExport(L.Callback):
         self.dirname = dirname
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask, before rank 0 alone writes
+        if not trainer.is_global_zero or log_dir is None:
             return
-        target = Path(trainer.log_dir) / self.dirname
+        target = Path(log_dir) / self.dirname
         with atomic_directory(target) as tmp:
             pl_module.model.save_pretrained(tmp, safe_serialization=True)
             tokenizer = getattr(trainer.datamodule, "tokenizer", None)

@@ -14,7 +14,7 @@ import datasets
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from xpert_pl.artifacts import read_json, write_json
 from xpert_pl.data.corpus import DomainSpec, Split, default_domains, load_domain_texts, resolve_files
@@ -271,13 +271,22 @@ class PretrainDataModule(L.LightningDataModule):
         return val[domain]
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) batches `{"input_ids": LongTensor[B, block_size]}` from the weighted mixture."""
+        """Shuffled (seeded) batches `{"input_ids": LongTensor[B, block_size]}` from the weighted mixture.
+
+        The order is a function of `seed` alone: one process draws `randperm(n)` from a generator seeded with it,
+        and under DDP each rank takes its stride of that same permutation (a DistributedSampler with the same
+        seed), so N processes at batch B/N see exactly the single process's global batches.
+        """
         ds = self._ensure_train()
-        kwargs: dict[str, Any] = {}
-        if not self.hparams.streaming:
-            # A dedicated generator makes the order a function of `seed` alone, not of the global RNG state.
-            kwargs = {"shuffle": True, "generator": torch.Generator().manual_seed(self.hparams.seed)}
-        return self._loader(ds, drop_last=True, **kwargs)
+        if self.hparams.streaming:
+            return self._loader(ds, drop_last=True)
+        seed = self.hparams.seed
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler: Sampler = DistributedSampler(ds, trainer.world_size, trainer.global_rank, shuffle=True, seed=seed)
+        else:
+            sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+        return self._loader(ds, drop_last=True, sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         """One unshuffled loader per domain, in `domain_names` order."""
