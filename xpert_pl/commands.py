@@ -59,7 +59,7 @@ def analyze(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(precision, device)
     source = load_causal_lm(model, trust_remote_code=trust_remote_code, dtype=dtype)
-    moe_layers(source)  # fails with the list of supported families before any data work
+    layers = moe_layers(source)  # fails with the list of supported families before any data work
     if data.vocab_size > source.config.vocab_size:
         raise_if_problems(
             [
@@ -79,6 +79,9 @@ def analyze(
         "devices": devices,
         "domain_set_file": None if domains is None else str(Path(domains).resolve()),
         "domain_set": describe_domain_set(data.domains, data.hparams.data_root),
+        "moe_layers": [layer.index for layer in layers],
+        # Always-on experts are not routed, so they are never counted or selectable; listed for the record.
+        "shared_experts": {str(layer.index): layer.shared for layer in layers if layer.shared},
     }
     selection = write_analysis(counts, out_dir, selector or ConsistentExpertSelector(), meta, plots)
     for layer in selection.layers:
@@ -134,20 +137,31 @@ def extract(
     """Stack the selected experts per layer and matrix, Tucker-decompose them, and save the knowledge bank.
 
     Args:
-        model: source MoE: a local Hugging Face directory (or a hub id when online).
+        model: source MoE: a local Hugging Face directory, whose safetensors files are read expert by expert
+            without loading the model, or a hub id when online (the model is loaded).
         selection: selection.json written by `xpert analyze`.
         out_dir: directory of the knowledge bank (bank.safetensors + manifest.json), written atomically.
         consolidator: Tucker settings (ranks as absolute sizes or fractions per mode).
         trust_remote_code: allow the checkpoint's own Python code to run.
     """
+    from xpert_pl.checkpoint import CheckpointExperts, has_safetensors_weights
+
     if not Path(selection).is_file():
         raise FileNotFoundError(f"selection '{selection}' not found; run `xpert analyze` first")
-    source = load_causal_lm(model, trust_remote_code=trust_remote_code)
+    if Path(model).is_dir() and has_safetensors_weights(model):
+        # Read only the selected experts' tensors: a large source never has to fit in memory.
+        source = CheckpointExperts(model)
+        fingerprint = source.fingerprint()
+    else:
+        if Path(model).is_dir():
+            log.warning("%s has no safetensors weights; loading the whole model to read its experts", model)
+        source = load_causal_lm(model, trust_remote_code=trust_remote_code)
+        fingerprint = model_fingerprint(source)
     bank = extract_bank(
         source,
         selection,
         consolidator or TuckerConsolidator(),
-        source_description={"model": str(model), "model_fingerprint": model_fingerprint(source)},
+        source_description={"model": str(model), "model_fingerprint": fingerprint},
     )
     bank.save(out_dir)
     log.info("knowledge bank written to %s", Path(out_dir).resolve())

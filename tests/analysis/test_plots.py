@@ -64,11 +64,11 @@ def test_first_selected_and_coverage_known_numbers(make_counts):
     # Pooled counts over the two domains: [5, 6, 6, 3] of 20 top-1 assignments.
     counts = make_counts([[[4, 3, 2, 1], [1, 3, 4, 2]]], [10, 10])
     selections = {k: TopFrequencySelector(n=k).select(counts) for k in (1, 2, 3, 4)}
-    first, nested = _first_selected(selections, 1, 4)
+    first, nested = _first_selected(selections, [0], 4)
     assert nested
     assert first.tolist() == [[3.0, 1.0, 2.0, 4.0]]  # ranking 1, 2, 0, 3
     assert _coverage(counts, selections)[0].tolist() == pytest.approx([6 / 20, 12 / 20, 17 / 20, 1.0])
-    partial, _ = _first_selected({1: selections[1]}, 1, 4)
+    partial, _ = _first_selected({1: selections[1]}, [0], 4)
     assert np.isnan(partial[0, [0, 2, 3]]).all()
 
 

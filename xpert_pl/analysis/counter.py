@@ -38,6 +38,8 @@ class ActivationCounts:
         tokens: (D,) int64, non-padding tokens seen per domain (each token once, not once per layer).
         top_k: experts per token of the source router.
         num_experts: routed experts per layer.
+        layer_indices: the decoder-layer index of each row of the L axis (dense layers, e.g. DeepSeek's first,
+            have no row); default 0..L-1.
     """
 
     domains: list[str]
@@ -46,6 +48,13 @@ class ActivationCounts:
     tokens: torch.Tensor
     top_k: int
     num_experts: int
+    layer_indices: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_indices is None:
+            self.layer_indices = list(range(self.num_layers))
+        if len(self.layer_indices) != self.num_layers:
+            raise ValueError(f"{len(self.layer_indices)} layer indices for {self.num_layers} counted layers")
 
     @property
     def num_layers(self) -> int:
@@ -71,6 +80,7 @@ class ActivationCounts:
             "top_k": self.top_k,
             "num_experts": self.num_experts,
             "num_layers": self.num_layers,
+            "layer_indices": list(self.layer_indices),
             **(extra_meta or {}),
         }
         write_json(out_dir / COUNTS_META, meta)
@@ -88,6 +98,7 @@ class ActivationCounts:
             tokens=tensors["tokens"],
             top_k=int(meta["top_k"]),
             num_experts=int(meta["num_experts"]),
+            layer_indices=meta.get("layer_indices"),
         )
 
 
@@ -119,6 +130,8 @@ class ExpertActivationCounter:
         self.domains = list(domains)
         self.num_experts = layers[0].num_experts
         self.top_k = layers[0].top_k
+        # Objects without `index` (hand-made layer lists) are numbered by position.
+        self.layer_indices = [int(getattr(layer, "index", i)) for i, layer in enumerate(layers)]
         shape = (len(layers), len(domains), self.num_experts)
         # One extra column is the sink of masked-out tokens: masking by index redirection needs no host sync.
         self._counts = torch.zeros((*shape[:2], self.num_experts + 1), dtype=torch.int64)
@@ -161,6 +174,7 @@ class ExpertActivationCounter:
             tokens=self._tokens.cpu().clone(),
             top_k=self.top_k,
             num_experts=self.num_experts,
+            layer_indices=list(self.layer_indices),
         )
 
     def __enter__(self) -> ExpertActivationCounter:

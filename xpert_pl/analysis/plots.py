@@ -35,13 +35,13 @@ def plot_layer_heatmaps(
     plt = _pyplot()
     out_dir = Path(out_dir)
     shares = (counts.frequency() * counts.num_experts).numpy()  # (L, D, E)
-    selected = _selected(selection, counts.num_layers)
+    selected = _selected(selection, counts.layer_indices)
     paths = []
-    for layer in range(counts.num_layers):
-        fig = _layer_figure(plt, shares[layer].T, counts.domains, selected[layer], layer)
+    for row, layer in enumerate(counts.layer_indices):
+        fig = _layer_figure(plt, shares[row].T, counts.domains, selected[row], layer)
         paths += _save(plt, fig, out_dir / f"layer_{layer:02d}")
     scores = (counts.num_experts * counts.frequency().min(dim=1).values).numpy()  # (L, E)
-    paths += _save(plt, _consistency_figure(plt, scores, selected), out_dir / "consistency")
+    paths += _save(plt, _consistency_figure(plt, scores, selected, counts.layer_indices), out_dir / "consistency")
     return paths
 
 
@@ -68,14 +68,14 @@ def plot_selection_vs_n(
     """
     ns = _check_ns(ns, counts.num_experts)
     selections = {k: selector.with_n(k).select(counts) for k in ns}
-    first_n, nested = _first_selected(selections, counts.num_layers, counts.num_experts)
+    first_n, nested = _first_selected(selections, counts.layer_indices, counts.num_experts)
     coverage = _coverage(counts, selections)
     own = selector.select(counts)  # the selector's own n, circled on the grid
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=_grid_size(counts.num_experts, counts.num_layers, extra_height=3.5), height_ratios=[1, 1]
     )
-    _first_n_panel(fig, top, first_n, own, nested)
+    _first_n_panel(fig, top, first_n, own, nested, counts.layer_indices)
     _coverage_panel(fig, bottom, ns, coverage, own.n, counts.num_experts)
     return _save(plt, fig, Path(out_dir) / "selection_vs_n")
 
@@ -89,11 +89,10 @@ def _pyplot():
     return plt
 
 
-def _selected(selection: Selection | None, num_layers: int) -> list[list[int]]:
-    if selection is None:
-        return [[] for _ in range(num_layers)]
-    by_layer = {x.layer: list(x.experts) for x in selection.layers}
-    return [by_layer.get(layer, []) for layer in range(num_layers)]
+def _selected(selection: Selection | None, layer_indices: list[int]) -> list[list[int]]:
+    """Selected experts per counted layer (rows follow `layer_indices`, the decoder-layer numbers)."""
+    by_layer = {x.layer: list(x.experts) for x in selection.layers} if selection is not None else {}
+    return [by_layer.get(layer, []) for layer in layer_indices]
 
 
 def _norm(values, vmax: float | None = None):
@@ -129,12 +128,12 @@ def _layer_figure(plt, shares, domains: list[str], selected: list[int], layer: i
     return fig
 
 
-def _consistency_figure(plt, scores, selected: list[list[int]]):
+def _consistency_figure(plt, scores, selected: list[list[int]], layer_indices: list[int]):
     """Layers (rows) x experts (columns) of s_l(e) = E * min_d f_{l,d}(e); selected experts dotted."""
     num_layers, num_experts = scores.shape
     fig, ax = plt.subplots(figsize=_grid_size(num_experts, num_layers))
     image = ax.imshow(scores, aspect="auto", cmap="RdBu_r", norm=_norm(scores), interpolation="nearest")
-    _grid_ticks(ax, num_experts, num_layers)
+    _grid_ticks(ax, num_experts, layer_indices)
     points = _circle(ax, selected)
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
@@ -149,10 +148,10 @@ def _grid_size(num_experts: int, num_layers: int, extra_height: float = 0.0) -> 
     return max(5.0, 0.22 * num_experts + 2.5), max(2.5, 0.35 * num_layers + 1.5) + extra_height
 
 
-def _grid_ticks(ax, num_experts: int, num_layers: int) -> None:
+def _grid_ticks(ax, num_experts: int, layer_indices: list[int]) -> None:
     step = 1 if num_experts <= 32 else 2  # every other label keeps 64 experts readable
     ax.set_xticks(range(0, num_experts, step), [str(e) for e in range(0, num_experts, step)], fontsize=7)
-    ax.set_yticks(range(num_layers), [str(layer) for layer in range(num_layers)], fontsize=8)
+    ax.set_yticks(range(len(layer_indices)), [str(layer) for layer in layer_indices], fontsize=8)
 
 
 def _circle(ax, selected: list[list[int]], face: str = "none") -> bool:
@@ -173,15 +172,18 @@ def _check_ns(ns: list[int] | None, num_experts: int) -> list[int]:
     return sorted(set(ns))
 
 
-def _first_selected(selections: dict[int, Selection], num_layers: int, num_experts: int) -> tuple[np.ndarray, bool]:
+def _first_selected(
+    selections: dict[int, Selection], layer_indices: list[int], num_experts: int
+) -> tuple[np.ndarray, bool]:
     """(L, E) smallest n whose selection contains the expert (NaN: none), and whether the sets grow nested."""
-    first = np.full((num_layers, num_experts), np.nan)
+    row = {layer: i for i, layer in enumerate(layer_indices)}
+    first = np.full((len(layer_indices), num_experts), np.nan)
     nested, previous = True, None
     for k, selection in selections.items():  # ascending n
         for layer in selection.layers:
             for e in layer.experts:
-                if np.isnan(first[layer.layer, e]):
-                    first[layer.layer, e] = k
+                if np.isnan(first[row[layer.layer], e]):
+                    first[row[layer.layer], e] = k
         if previous is not None:
             pairs = zip(previous.layers, selection.layers, strict=True)
             nested &= all(set(a.experts) <= set(b.experts) for a, b in pairs)
@@ -193,18 +195,21 @@ def _coverage(counts: ActivationCounts, selections: dict[int, Selection]) -> np.
     """(L, len(ns)) share of the top-k assignments, pooled over domains, that go to the selected experts."""
     pooled = counts.counts.sum(dim=1).double().numpy()  # (L, E)
     total = np.maximum(pooled.sum(axis=1), 1.0)  # a layer that counted nothing covers 0, not NaN
-    columns = [[pooled[x.layer, x.experts].sum() / total[x.layer] for x in s.layers] for s in selections.values()]
+    row = {layer: i for i, layer in enumerate(counts.layer_indices)}
+    columns = [
+        [pooled[row[x.layer], x.experts].sum() / total[row[x.layer]] for x in s.layers] for s in selections.values()
+    ]
     return np.array(columns).T
 
 
-def _first_n_panel(fig, ax, first_n: np.ndarray, own: Selection, nested: bool) -> None:
+def _first_n_panel(fig, ax, first_n: np.ndarray, own: Selection, nested: bool, layer_indices: list[int]) -> None:
     import matplotlib
 
-    num_layers, num_experts = first_n.shape
+    num_experts = first_n.shape[1]
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e6e6e6")  # grey: never selected for the n plotted
     image = ax.imshow(np.ma.masked_invalid(first_n), aspect="auto", cmap=cmap, interpolation="nearest")
-    _grid_ticks(ax, num_experts, num_layers)
-    _circle(ax, _selected(own, num_layers), face="white")  # a white face stays visible on the darkest cells
+    _grid_ticks(ax, num_experts, layer_indices)
+    _circle(ax, _selected(own, layer_indices), face="white")  # a white face stays visible on the darkest cells
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     how = "sets nested in n" if nested else "sets NOT nested: colour is the first n only"

@@ -224,7 +224,7 @@ def ranked_selection(
         experts = sorted(range(len(rows)), key=lambda e: (*rows[e], e))[:n]
         weights, note = _weights([float(basis[layer, e]) for e in experts], weighting)
         fields = {**(extra or {}), **({"weights_note": note} if note else {})}
-        layers.append(LayerSelection(layer, experts, weights, scores[layer].tolist(), fields))
+        layers.append(LayerSelection(counts.layer_indices[layer], experts, weights, scores[layer].tolist(), fields))
     return layers
 
 
