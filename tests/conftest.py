@@ -107,15 +107,44 @@ def tiny_tokenizer_dir(tiny_data_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bank(tmp_path_factory) -> Path:
-    """A knowledge bank from a random tiny OLMoE (4 layers, H 128, I 256, experts 1 and 5 selected everywhere)."""
+def tiny_source_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """A random tiny OLMoE (4 layers, H 128, I 256, 8 experts, top-2) with the tiny tokenizer, saved as an HF dir."""
     import torch
 
-    from xpert_pl.bank import TuckerConsolidator, extract_bank
     from xpert_pl.models import OlmoeSource
+    from xpert_pl.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
-    source = OlmoeSource("olmoe-tiny").build(vocab_size=97)
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    out = tmp_path_factory.mktemp("source") / "hf"
+    OlmoeSource("olmoe-tiny").build(vocab_size=len(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_analysis_dir(tiny_source_dir, tmp_path_factory) -> Path:
+    """`xpert analyze` output (counts, selection.json) of the tiny source over two random-token domains."""
+    import torch
+
+    from xpert_pl.analysis import ConsistentExpertSelector, run_analysis
+    from xpert_pl.models import load_causal_lm
+
+    source = load_causal_lm(tiny_source_dir)
+    gen = torch.Generator().manual_seed(0)
+    batches = {d: [{"input_ids": torch.randint(0, source.config.vocab_size, (2, 16), generator=gen)}] for d in "ab"}
+    out = tmp_path_factory.mktemp("analysis") / "analysis"
+    run_analysis(source, batches, out, ConsistentExpertSelector(n=2), plots=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bank(tiny_source_dir, tmp_path_factory) -> Path:
+    """A full-rank knowledge bank of the tiny source (experts 1 and 5 selected in every layer, weights 3:1)."""
+    from xpert_pl.bank import TuckerConsolidator, extract_bank
+    from xpert_pl.models import load_causal_lm
+
+    source = load_causal_lm(tiny_source_dir)
     layers = [{"layer": i, "experts": [1, 5], "weights": [0.75, 0.25], "scores": [1.0] * 8} for i in range(4)]
     selection = {
         "strategy": "fixture",
@@ -130,3 +159,9 @@ def tiny_bank(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bank") / "bank"
     bank.save(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank) -> dict[str, Path]:
+    """What method YAMLs point at under runs/, by argument name, built tiny (see tests/test_configs.py)."""
+    return {"bank": tiny_bank, "source": tiny_source_dir, "teacher": tiny_source_dir, "analysis": tiny_analysis_dir}

@@ -50,8 +50,22 @@ def test_fit_configs_build(base, tiny_data_root, tiny_tokenizer_dir, tmp_path):
     assert cli.trainer.max_steps > 0
 
 
+def _artifact_overrides(method: Path, artifacts: dict[str, Path]) -> list[str]:
+    """Point every `runs/...` path of a method YAML's model.* init_args at the tiny artifact of the same name."""
+    model = yaml.safe_load(method.read_text())["model"]
+    overrides = []
+    for part, spec in model.items():
+        for key, value in ((spec or {}).get("init_args") or {}).items():
+            if isinstance(value, str) and value.startswith("runs/"):
+                assert key in artifacts, f"{method.name}: no tiny artifact for '{key}' in tiny_run_artifacts"
+                overrides.append(f"--model.{part}.init_args.{key}={artifacts[key]}")
+    return overrides
+
+
 @pytest.mark.parametrize("method", sorted((CONFIGS / "methods").glob("*.yaml")), ids=lambda p: p.name)
-def test_method_configs_build_on_the_tiny_student(method, tiny_data_root, tiny_tokenizer_dir, tmp_path, tiny_bank):
+def test_method_configs_build_on_the_tiny_student(
+    method, tiny_data_root, tiny_tokenizer_dir, tmp_path, tiny_run_artifacts
+):
     args = [
         "fit",
         "--config",
@@ -59,13 +73,14 @@ def test_method_configs_build_on_the_tiny_student(method, tiny_data_root, tiny_t
         "--config",
         str(method),
         *_tiny_data_args(tiny_data_root, tiny_tokenizer_dir, tmp_path),
+        *_artifact_overrides(method, tiny_run_artifacts),
     ]
-    if "xpert" in method.name:
-        args.append(f"--model.initializer.init_args.bank={tiny_bank}")
     cli = run_lightning_cli(args, run=False)
     expected = yaml.safe_load(method.read_text())["model"]["initializer"]["class_path"].rsplit(".", 1)[1]
     assert type(cli.model.initializer).__name__ == expected
+    params_before = sum(p.numel() for p in cli.model.model_builder.build(cli.model.hparams.vocab_size).parameters())
     cli.model.configure_model()
+    assert sum(p.numel() for p in cli.model.model.parameters()) == params_before
     assert cli.model.init_report.initializer == expected.removesuffix("Init").lower()
 
 
