@@ -155,7 +155,8 @@ class CausalLMModule(L.LightningModule):
         self._last_step_time = None
 
     def on_fit_start(self) -> None:
-        log_dir = self.trainer.log_dir
+        # Without a logger, log_dir falls back to the working directory: write nothing there.
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if self.trainer.is_global_zero and log_dir and self.init_report is not None:
             write_json(Path(log_dir) / "init_report.json", self.init_report.to_dict())
 
