@@ -164,4 +164,10 @@ def tiny_bank(tiny_source_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank) -> dict[str, Path]:
     """What method YAMLs point at under runs/, by argument name, built tiny (see tests/test_configs.py)."""
-    return {"bank": tiny_bank, "source": tiny_source_dir, "teacher": tiny_source_dir, "analysis": tiny_analysis_dir}
+    return {
+        "bank": tiny_bank,
+        "source": tiny_source_dir,
+        "teacher": tiny_source_dir,
+        "analysis": tiny_analysis_dir,
+        "selection": tiny_analysis_dir / "selection.json",
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,14 @@ def test_method_configs_build_on_the_tiny_student(
     params_before = sum(p.numel() for p in cli.model.model_builder.build(cli.model.hparams.vocab_size).parameters())
     cli.model.configure_model()
     assert sum(p.numel() for p in cli.model.model.parameters()) == params_before
-    assert cli.model.init_report.initializer == expected.removesuffix("Init").lower()
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", expected.removesuffix("Init")).lower()
+    assert cli.model.init_report.initializer == snake
+    changed = set(cli.model.init_report.set_parameters)
+    if snake != "scratch":  # every expert-based method sets exactly the FFN matrices of every layer
+        layers = cli.model.model.config.num_hidden_layers
+        assert changed == {
+            f"model.layers.{j}.mlp.{p}_proj.weight" for j in range(layers) for p in ("gate", "up", "down")
+        }
 
 
 @pytest.mark.parametrize("name", ["analyze", "extract"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,3 +190,19 @@ class CheckpointExperts:
             )
         with self._open(SINGLE_FILE) as handle:
             return dict.fromkeys(handle.keys(), SINGLE_FILE)
+
+
+def open_expert_source(model: str | os.PathLike, trust_remote_code: bool = False) -> Any:
+    """The experts of a source MoE: read by key from a local safetensors directory, else the model loaded.
+
+    A local directory with safetensors weights becomes a `CheckpointExperts` (nothing but the experts asked for
+    is ever read, so a 7B source need not fit in memory); anything else (a hub id when online, a directory of
+    other weight files) is loaded with `from_pretrained`.
+    """
+    from xpert_pl.models import load_causal_lm
+
+    if Path(model).is_dir() and has_safetensors_weights(model):
+        return CheckpointExperts(model)
+    if Path(model).is_dir():
+        logging.getLogger(__name__).warning("%s has no safetensors weights; loading the whole model", model)
+    return load_causal_lm(model, trust_remote_code=trust_remote_code)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from xpert_pl.bank import BankIntegrityError, select_hidden, select_neurons
+from xpert_pl.bank.adapt import spread_hidden
 from xpert_pl.initializers import ScratchInit, UnsupportedStudentError, XpertInit
 from xpert_pl.models import OlmoeSource
 
@@ -82,9 +83,22 @@ def test_wider_intermediate_leaves_the_extra_neurons_at_scratch(identical_bank, 
     assert torch.equal(new["down"][:, 64:], old["down"][:, 64:])
 
 
-def test_wider_hidden_is_refused(identical_bank, make_student):
-    with pytest.raises(ValueError, match="only shrink"):
-        XpertInit(bank=str(identical_bank)).initialize(make_student(hidden=64))
+def test_wider_hidden_spreads_the_source_dimensions_and_keeps_scratch_elsewhere(
+    identical_bank, identical_experts, make_student
+):
+    student, scratch = make_student(hidden=64), make_student(hidden=64)
+    report = XpertInit(bank=str(identical_bank)).initialize(student)
+    positions = spread_hidden(32, 64)
+    assert positions.tolist() == [round(j * 63 / 31 + 1e-9) for j in range(32)]  # halves up, exactly as documented
+    others = torch.ones(64, dtype=torch.bool)
+    others[positions] = False
+    new, old = mlp_weights(student, 0), mlp_weights(scratch, 0)
+    expert = {m: x[..., 0] for m, x in identical_experts[0].items()}
+    assert torch.allclose(new["gate"][:, positions], expert["gate"], atol=1e-4)
+    assert torch.allclose(new["down"][positions], expert["down"], atol=1e-4)
+    assert torch.equal(new["up"][:, others], old["up"][:, others])
+    assert torch.equal(new["down"][others], old["down"][others])
+    assert report.details["hidden_selection"].startswith("spread")
 
 
 def test_rescale_modes(distinct_bank, distinct_experts, make_student):

@@ -100,12 +100,16 @@ class Selection:
     layers: list[LayerSelection]
     score: str
 
-    def save(self, path: str | Path) -> None:
-        """Write the selection as JSON, atomically."""
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the schema (what `save` writes and the bank extractor reads)."""
         data = {key: getattr(self, key) for key in SELECTION_KEYS}
         data["domains"] = list(self.domains)
         data["layers"] = [layer.to_dict() for layer in self.layers]
-        write_json(path, data)
+        return data
+
+    def save(self, path: str | Path) -> None:
+        """Write the selection as JSON, atomically."""
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Selection:

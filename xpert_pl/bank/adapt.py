@@ -3,9 +3,13 @@
 Pure functions on tensors; the rules are the kit's documented choices:
 - collapse: W = G x1 U1 x2 U2 x3 (w^T U3), the weighted combination of the Tucker-denoised experts;
 - rescale: W * target_norm / ||W||_F (averages of near-orthogonal experts shrink);
-- depth: uniform stride with round-half-up, or the first L_t layers;
-- FFN width: keep the highest-energy intermediate neurons, same indices in gate, up and down;
-- hidden size: uniform element selection (Weight Selection), same indices in every matrix.
+- depth: uniform stride with round-half-up, the first L_t layers, or one bank layer per target layer (a bank
+  whose source layers were grouped before Tucker);
+- FFN width: keep the highest-energy intermediate neurons (or evenly spaced ones, as Weight Selection), same
+  indices in gate, up and down; a wider FFN either leaves the extra neurons at scratch init or splits neurons
+  so that the FFN computes the same function (Net2WiderNet);
+- hidden size: uniform element selection (Weight Selection), same indices in every matrix; a wider student
+  receives the source's hidden dimensions at evenly spread positions, the rest keep scratch init.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Literal
 import torch
 
 RescaleMode = Literal["expert_norm", "target_init", "none"]
-DepthStrategy = Literal["uniform", "first"]
+DepthStrategy = Literal["uniform", "first", "grouped"]
 
 
 def collapse(core: torch.Tensor, factors: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
@@ -58,6 +62,7 @@ def depth_map(num_source: int, num_target: int, strategy: DepthStrategy = "unifo
     (4 -> 2: [0, 3]; 16 -> 8: [0, 2, 4, 6, 9, 11, 13, 15]); a single target layer takes source layer 0, the
     j = 0 value of the same rule. L_t > L_s repeats source layers.
     first: j (the first L_t source layers); L_t > L_s is an error.
+    grouped: j, for a bank built with one (grouped) layer per target layer; L_t != L_s is an error.
     """
     if num_source < 1 or num_target < 1:
         raise ValueError(f"layer counts must be >= 1, got num_source={num_source}, num_target={num_target}")
@@ -69,7 +74,14 @@ def depth_map(num_source: int, num_target: int, strategy: DepthStrategy = "unifo
         if num_target > num_source:
             raise ValueError(f"depth strategy 'first' needs num_target <= num_source, got {num_target} > {num_source}")
         return list(range(num_target))
-    raise ValueError(f"unknown depth strategy '{strategy}'; choose 'uniform' or 'first'")
+    if strategy == "grouped":
+        if num_target != num_source:
+            raise ValueError(
+                f"depth strategy 'grouped' needs a bank with one layer group per student layer, got {num_source} "
+                f"groups for {num_target} layers: re-run `xpert extract --group_layers {num_target}`"
+            )
+        return list(range(num_target))
+    raise ValueError(f"unknown depth strategy '{strategy}'; choose 'uniform', 'first' or 'grouped'")
 
 
 def neuron_energy(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
@@ -97,21 +109,56 @@ def select_neurons(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, tar
     return torch.sort(order).values
 
 
-def select_hidden(source_hidden: int, target_hidden: int) -> torch.Tensor:
-    """Uniform element selection of hidden indices (Weight Selection): round-half-up of linspace(0, H_s - 1, H_t).
+def uniform_indices(size: int, count: int) -> torch.Tensor:
+    """`count` evenly spaced indices of range(size): round-half-up of linspace(0, size - 1, count).
 
-    The indices are strictly increasing and include 0 and H_s - 1 (H_t = 1 gives [0]).
+    Strictly increasing, including 0 and size - 1 (count = 1 gives [0]); count must lie in [1, size].
+    """
+    if not 1 <= count <= size:
+        raise ValueError(f"cannot pick {count} evenly spaced indices out of {size}")
+    if count == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.tensor([_round_half_up_ratio(j * (size - 1), count - 1) for j in range(count)], dtype=torch.long)
+
+
+def select_hidden(source_hidden: int, target_hidden: int) -> torch.Tensor:
+    """Uniform element selection of hidden indices (Weight Selection): `uniform_indices(H_s, H_t)`.
+
+    Only shrinks; for a wider student see `spread_hidden`.
     """
     if target_hidden < 1 or source_hidden < 1:
         raise ValueError(f"hidden sizes must be >= 1, got source={source_hidden}, target={target_hidden}")
     if target_hidden > source_hidden:
         raise ValueError(
             f"target hidden size {target_hidden} exceeds the source's {source_hidden}: uniform element selection "
-            "can only shrink the hidden size; a wider student cannot be initialised from this bank"
+            "can only shrink the hidden size (use spread_hidden for a wider student)"
         )
-    if target_hidden == 1:
-        return torch.zeros(1, dtype=torch.long)
-    span = source_hidden - 1
-    return torch.tensor(
-        [_round_half_up_ratio(j * span, target_hidden - 1) for j in range(target_hidden)], dtype=torch.long
-    )
+    return uniform_indices(source_hidden, target_hidden)
+
+
+def spread_hidden(source_hidden: int, target_hidden: int) -> torch.Tensor:
+    """Positions in a wider student's hidden size that receive the source's H_s hidden dimensions, in order.
+
+    The mirror of uniform element selection: `uniform_indices(H_t, H_s)`; the other positions keep scratch init.
+    """
+    if target_hidden < source_hidden:
+        raise ValueError(f"spread_hidden widens: target {target_hidden} < source {source_hidden}")
+    return uniform_indices(target_hidden, source_hidden)
+
+
+def split_neurons(source_intermediate: int, target_intermediate: int, generator: torch.Generator):
+    """Net2WiderNet for a SwiGLU FFN: which source neuron each target neuron copies, and its down-column share.
+
+    Target neuron t < I_s copies neuron t; the extra neurons copy neurons 0, 1, ... in turn. The copies of one
+    neuron share its down column in random positive proportions summing to 1, so the widened FFN computes the
+    same function while the copies receive different gradients (equal shares would never break the symmetry).
+
+    Returns:
+        (source index per target neuron (I_t,), multiplier of each target neuron's down column (I_t,)).
+    """
+    if target_intermediate < source_intermediate:
+        raise ValueError(f"split_neurons widens: target {target_intermediate} < source {source_intermediate}")
+    rows = torch.arange(target_intermediate) % source_intermediate
+    raw = torch.rand(target_intermediate, generator=generator, dtype=torch.float64) + 0.5  # in [0.5, 1.5)
+    totals = torch.zeros(source_intermediate, dtype=torch.float64).index_add_(0, rows, raw)
+    return rows, (raw / totals[rows]).float()

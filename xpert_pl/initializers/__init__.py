@@ -1,7 +1,28 @@
-"""Initializers of a student's weights: scratch (Hugging Face init) and XPERT (from a knowledge bank)."""
+"""Initializers of a student's weights: scratch, XPERT, its ablation controls and peer methods.
+
+Each is a small class chosen by `class_path` (`model.initializer` in a run's YAML) and reports what it set.
+"""
 
 from xpert_pl.initializers.base import Initializer, InitReport
+from xpert_pl.initializers.controls import FullExpertsInit, RandomExpertsInit, RareExpertsInit, SingleExpertInit
+from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
 from xpert_pl.initializers.scratch import ScratchInit
-from xpert_pl.initializers.xpert import UnsupportedStudentError, XpertInit
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN, UnsupportedStudentError
+from xpert_pl.initializers.xpert import XpertInit
 
-__all__ = ["InitReport", "Initializer", "ScratchInit", "UnsupportedStudentError", "XpertInit"]
+__all__ = [
+    "FFNTransfer",
+    "FFNTransferInit",
+    "FullExpertsInit",
+    "InitReport",
+    "Initializer",
+    "LinearExpansionInit",
+    "RandomExpertsInit",
+    "RareExpertsInit",
+    "ScratchInit",
+    "SingleExpertInit",
+    "SourceFFN",
+    "UnsupportedStudentError",
+    "WeightSelectionInit",
+    "XpertInit",
+]
