@@ -52,15 +52,31 @@ def test_fit_configs_build(base, tiny_data_root, tiny_tokenizer_dir, tmp_path):
 
 
 def _artifact_overrides(method: Path, artifacts: dict[str, Path]) -> list[str]:
-    """Point every `runs/...` path of a method YAML's model.* init_args at the tiny artifact of the same name."""
-    model = yaml.safe_load(method.read_text())["model"]
+    """Point every `runs/...` path of a method YAML's model.* init_args (nested ones too) at the tiny artifact."""
     overrides = []
-    for part, spec in model.items():
+
+    def walk(spec: dict, prefix: str) -> None:
         for key, value in ((spec or {}).get("init_args") or {}).items():
-            if isinstance(value, str) and value.startswith("runs/"):
+            if isinstance(value, dict) and "class_path" in value:
+                walk(value, f"{prefix}.init_args.{key}")
+            elif isinstance(value, str) and value.startswith("runs/"):
                 assert key in artifacts, f"{method.name}: no tiny artifact for '{key}' in tiny_run_artifacts"
-                overrides.append(f"--model.{part}.init_args.{key}={artifacts[key]}")
+                overrides.append(f"{prefix}.init_args.{key}={artifacts[key]}")
+
+    for part, spec in yaml.safe_load(method.read_text())["model"].items():
+        walk(spec, f"--model.{part}")
     return overrides
+
+
+def _expected_report(initializer: dict) -> tuple[str, set[str]]:
+    """The report name an initializer spec should give, and the name patterns of the tensors it sets."""
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", initializer["class_path"].rsplit(".", 1)[1].removesuffix("Init")).lower()
+    if snake == "scratch":
+        return snake, set()
+    if snake == "with_source_weights":
+        base, _ = _expected_report(initializer["init_args"]["base"])
+        return f"{base}+source_weights", {"mlp", "self_attn"}
+    return snake, {"mlp"}
 
 
 @pytest.mark.parametrize("method", sorted((CONFIGS / "methods").glob("*.yaml")), ids=lambda p: p.name)
@@ -77,19 +93,21 @@ def test_method_configs_build_on_the_tiny_student(
         *_artifact_overrides(method, tiny_run_artifacts),
     ]
     cli = run_lightning_cli(args, run=False)
-    expected = yaml.safe_load(method.read_text())["model"]["initializer"]["class_path"].rsplit(".", 1)[1]
-    assert type(cli.model.initializer).__name__ == expected
+    spec = yaml.safe_load(method.read_text())["model"]["initializer"]
+    assert type(cli.model.initializer).__name__ == spec["class_path"].rsplit(".", 1)[1]
     params_before = sum(p.numel() for p in cli.model.model_builder.build(cli.model.hparams.vocab_size).parameters())
     cli.model.configure_model()
     assert sum(p.numel() for p in cli.model.model.parameters()) == params_before
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", expected.removesuffix("Init")).lower()
-    assert cli.model.init_report.initializer == snake
+    name, kinds = _expected_report(spec)
+    assert cli.model.init_report.initializer == name
+    layers = cli.model.model.config.num_hidden_layers
+    ffn = {f"model.layers.{j}.mlp.{p}_proj.weight" for j in range(layers) for p in ("gate", "up", "down")}
     changed = set(cli.model.init_report.set_parameters)
-    if snake != "scratch":  # every expert-based method sets exactly the FFN matrices of every layer
-        layers = cli.model.model.config.num_hidden_layers
-        assert changed == {
-            f"model.layers.{j}.mlp.{p}_proj.weight" for j in range(layers) for p in ("gate", "up", "down")
-        }
+    assert (ffn <= changed) == ("mlp" in kinds)  # every expert-based method sets every FFN matrix
+    assert all(k.startswith("model.layers.") for k in changed)  # no method here transfers embeddings
+    parts = {k.split(".")[3] for k in changed}
+    assert parts <= {"mlp", "self_attn", "input_layernorm", "post_attention_layernorm"}
+    assert ("self_attn" in parts) == ("self_attn" in kinds)
 
 
 @pytest.mark.parametrize("name", ["analyze", "extract"])

@@ -101,6 +101,17 @@ class CheckpointExperts:
             mats = [self._read_expert(handle, layer, e, matrix) for e in expert_ids]
         return torch.stack(mats, dim=-1)
 
+    def has_tensor(self, key: str) -> bool:
+        """Whether the checkpoint holds a tensor named `key`."""
+        return key in self._weight_map
+
+    def read_tensor(self, key: str) -> torch.Tensor:
+        """Any one tensor of the checkpoint by its key (only its shard is opened), float32."""
+        if key not in self._weight_map:
+            raise CheckpointError(f"{self.path}: no tensor named '{key}' in {', '.join(self.weight_files)}")
+        with self._open(self._weight_map[key]) as handle:
+            return self._guarded(key, lambda: handle.get_tensor(key)).float()
+
     def shared_expert_keys(self, layer: int) -> list[str]:
         """Checkpoint keys of layer `layer`'s shared (always-on) experts, for reporting; empty if it has none."""
         prefixes = tuple(self.family.shared_key_prefixes(layer))

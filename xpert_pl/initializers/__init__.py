@@ -7,6 +7,7 @@ from xpert_pl.initializers.base import Initializer, InitReport
 from xpert_pl.initializers.controls import FullExpertsInit, RandomExpertsInit, RareExpertsInit, SingleExpertInit
 from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
 from xpert_pl.initializers.scratch import ScratchInit
+from xpert_pl.initializers.source_weights import WithSourceWeights
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN, UnsupportedStudentError
 from xpert_pl.initializers.xpert import XpertInit
 
@@ -24,5 +25,6 @@ __all__ = [
     "SourceFFN",
     "UnsupportedStudentError",
     "WeightSelectionInit",
+    "WithSourceWeights",
     "XpertInit",
 ]
