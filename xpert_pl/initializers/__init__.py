@@ -8,6 +8,7 @@ from xpert_pl.initializers.controls import FullExpertsInit, RandomExpertsInit, R
 from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
 from xpert_pl.initializers.scratch import ScratchInit
 from xpert_pl.initializers.source_weights import WithSourceWeights
+from xpert_pl.initializers.statistics import NormMatchedScratchInit, ShuffledXpertInit, SpectrumMatchedInit
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN, UnsupportedStudentError
 from xpert_pl.initializers.xpert import XpertInit
 
@@ -18,11 +19,14 @@ __all__ = [
     "InitReport",
     "Initializer",
     "LinearExpansionInit",
+    "NormMatchedScratchInit",
     "RandomExpertsInit",
     "RareExpertsInit",
     "ScratchInit",
+    "ShuffledXpertInit",
     "SingleExpertInit",
     "SourceFFN",
+    "SpectrumMatchedInit",
     "UnsupportedStudentError",
     "WeightSelectionInit",
     "WithSourceWeights",

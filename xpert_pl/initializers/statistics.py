@@ -1,0 +1,114 @@
+"""Controls that keep XPERT's weight statistics but not its learned function (knowledge vs statistics).
+
+A better start from expert weights may come from what the experts know, or only from their scale and spectrum.
+Each control runs XPERT first, then destroys one thing while keeping another:
+
+- `ShuffledXpertInit`: the transferred intermediate neurons permuted independently in gate, up and down (every
+  row keeps its values; the learned function is gone).
+- `SpectrumMatchedInit`: each FFN matrix replaced by random orthogonal factors with XPERT's singular values.
+- `NormMatchedScratchInit`: the student's scratch FFN matrices rescaled to XPERT's Frobenius norms.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
+from xpert_pl.initializers.base import InitReport
+from xpert_pl.initializers.transfer import PROJ, NeuronSelection, WiderFFN, student_mlps
+from xpert_pl.initializers.xpert import Collapse, XpertInit
+
+
+def random_orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """A Haar-random (rows x cols) matrix with orthonormal columns (cols <= rows), float64."""
+    q, r = torch.linalg.qr(torch.randn(rows, cols, generator=generator, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))  # the sign fix makes the distribution Haar, not QR-biased
+
+
+class XpertStatisticsControl(XpertInit):
+    """XPERT, then a seeded transformation of the FFN weights it produced (see the module docstring)."""
+
+    def __init__(
+        self,
+        bank: str,
+        seed: int = 0,
+        collapse: Collapse = "frequency",
+        rescale: RescaleMode = "expert_norm",
+        depth_strategy: DepthStrategy = "uniform",
+        neuron_selection: NeuronSelection = "energy",
+        wider_ffn: WiderFFN = "scratch",
+    ):
+        """
+        Args:
+            bank: the knowledge bank XPERT would use (`xpert extract` output).
+            seed: seed of the control's randomness.
+            collapse: as `XpertInit.collapse`.
+            rescale: as `XpertInit.rescale`.
+            depth_strategy: as `XpertInit.depth_strategy`.
+            neuron_selection: as `XpertInit.neuron_selection`.
+            wider_ffn: as `XpertInit.wider_ffn`.
+        """
+        super().__init__(bank, collapse, rescale, depth_strategy, neuron_selection, wider_ffn)
+        self.seed = seed
+
+    @abc.abstractmethod
+    def transform(self, mlp: nn.Module, scratch: dict[str, torch.Tensor], neurons: int, gen: torch.Generator):
+        """Change `mlp`'s XPERT weights in place; returns a JSON-able note for the report."""
+
+    @torch.no_grad()
+    def initialize(self, model: PreTrainedModel) -> InitReport:
+        mlps = student_mlps(model)
+        scratch = [{m: getattr(mlp, p).weight.detach().clone() for m, p in PROJ.items()} for mlp in mlps]
+        report = super().initialize(model)
+        generator = torch.Generator().manual_seed(self.seed)
+        notes = [
+            self.transform(mlp, scratch[j], report.details["layers"][j]["neurons_set"], generator)
+            for j, mlp in enumerate(mlps)
+        ]
+        details = {**report.details, "control": {"of": "xpert", "seed": self.seed, "layers": notes}}
+        return InitReport(initializer=self.name, set_parameters=report.set_parameters, details=details)
+
+
+class ShuffledXpertInit(XpertStatisticsControl):
+    """Control: XPERT's neurons permuted independently in gate, up and down (same values, no function)."""
+
+    def transform(self, mlp, scratch, neurons: int, gen: torch.Generator) -> dict[str, Any]:
+        perms = {m: torch.randperm(neurons, generator=gen) for m in PROJ}
+        for m, proj in PROJ.items():
+            weight = getattr(mlp, proj).weight
+            if m == "down":  # a neuron of down is a column
+                weight[:, :neurons] = weight[:, :neurons][:, perms[m]].clone()
+            else:
+                weight[:neurons] = weight[:neurons][perms[m]].clone()
+        return {"neurons_permuted": neurons}
+
+
+class SpectrumMatchedInit(XpertStatisticsControl):
+    """Control: random orthogonal factors with XPERT's singular values (same spectrum, no learned directions)."""
+
+    def transform(self, mlp, scratch, neurons: int, gen: torch.Generator) -> dict[str, Any]:
+        for proj in PROJ.values():
+            weight = getattr(mlp, proj).weight
+            values = torch.linalg.svdvals(weight.double())
+            rows, cols = weight.shape
+            left, right = random_orthogonal(rows, len(values), gen), random_orthogonal(cols, len(values), gen)
+            weight.copy_((left * values) @ right.T)
+        return {"singular_values": "XPERT's", "factors": "Haar-random orthogonal"}
+
+
+class NormMatchedScratchInit(XpertStatisticsControl):
+    """Control: the scratch FFN matrices, each rescaled to the Frobenius norm XPERT gives it."""
+
+    def transform(self, mlp, scratch, neurons: int, gen: torch.Generator) -> dict[str, Any]:
+        norms = {}
+        for m, proj in PROJ.items():
+            weight = getattr(mlp, proj).weight
+            norms[m] = float(torch.linalg.matrix_norm(weight.double()))
+            fresh = scratch[m].double()
+            weight.copy_(fresh * (norms[m] / float(torch.linalg.matrix_norm(fresh))))
+        return {"xpert_norms": norms}
