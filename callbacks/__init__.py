@@ -1,5 +1,6 @@
 """Lightning callbacks shipped with the kit (installed as `xpert_pl.callbacks`)."""
 
 from xpert_pl.callbacks.export import HFExport
+from xpert_pl.callbacks.rouge import RougeLCallback
 
-__all__ = ["HFExport"]
+__all__ = ["HFExport", "RougeLCallback"]
