@@ -1,4 +1,4 @@
-"""The one LightningModule: causal-LM training of a Hugging Face model with a pluggable initializer."""
+"""The one LightningModule: causal-LM training of a Hugging Face model with a pluggable initializer and objective."""
 
 from __future__ import annotations
 
@@ -11,28 +11,20 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
 from xpert_pl.artifacts import write_json
 from xpert_pl.initializers import Initializer, InitReport, ScratchInit
 from xpert_pl.models import ModelBuilder, count_parameters
+from xpert_pl.training.flops import training_flops_per_token
+from xpert_pl.training.objectives import IGNORE_INDEX, NextTokenObjective, TrainingObjective, causal_lm_loss
 from xpert_pl.training.schedule import warmup_cosine
 from xpert_pl.training.warm_start import load_warm_start
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token cross-entropy over labels != -100, and the number of tokens it averages."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
-    shift_labels = labels[:, 1:].reshape(-1)
-    n_tokens = (shift_labels != IGNORE_INDEX).sum()
-    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss / n_tokens.clamp(min=1), n_tokens
+__all__ = ["IGNORE_INDEX", "CausalLMModule", "causal_lm_loss"]
 
 
 class CausalLMModule(L.LightningModule):
@@ -42,6 +34,7 @@ class CausalLMModule(L.LightningModule):
         self,
         model: ModelBuilder,
         initializer: Initializer | None = None,
+        objective: TrainingObjective | None = None,
         vocab_size: int | None = None,
         val_domains: list[str] | None = None,
         learning_rate: float = 3e-4,
@@ -56,6 +49,9 @@ class CausalLMModule(L.LightningModule):
             model: what to train: `xpert_pl.models.DenseStudent`, `OlmoeSource` or `PretrainedCausalLM`.
             initializer: how the fresh model's weights are set before training (default `ScratchInit`);
                 swap the class to switch method (e.g. `xpert_pl.initializers.XpertInit`).
+            objective: what a training step minimises (default `xpert_pl.training.NextTokenObjective`, next-token
+                cross-entropy); `xpert_pl.training.DistillationObjective` distils from a teacher. Validation
+                always reports next-token cross-entropy, so runs with different objectives compare.
             vocab_size: linked from the data module's tokenizer; do not set by hand.
             val_domains: linked from the data module; names of the validation dataloaders, in order.
             learning_rate: peak AdamW learning rate.
@@ -68,9 +64,11 @@ class CausalLMModule(L.LightningModule):
                 (`--ckpt_path`), and the two cannot be combined.
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "initializer"])
+        self.save_hyperparameters(ignore=["model", "initializer", "objective"])
         self.model_builder = model
         self.initializer = initializer or ScratchInit()
+        # A plain object, not an nn.Module: a teacher it holds stays out of state_dict, optimizer and DDP.
+        self.objective = objective or NextTokenObjective()
         self.val_domains = list(val_domains or [])
         self.model: nn.Module | None = None
         self.init_report: InitReport | None = None
@@ -78,6 +76,9 @@ class CausalLMModule(L.LightningModule):
         self.val_loss_by_domain = nn.ModuleDict({name: MeanMetric() for name in self.val_domains})
         self._last_step_time: float | None = None
         self.tokens_seen = 0
+        # Cumulative compute of this run (resumed runs continue it); per-token rates are set at fit start.
+        self.flops = {"student": 0, "teacher": 0}
+        self._flops_per_token = {"student": 0, "teacher": 0}
 
     def configure_model(self) -> None:
         """Build the HF model and apply the initializer (or warm start); idempotent."""
@@ -107,21 +108,17 @@ class CausalLMModule(L.LightningModule):
         return lm_loss, n_tokens, aux
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        lm_loss, _, aux = self._losses(batch)
-        loss = lm_loss
-        if aux is not None:
-            loss = loss + self.model.config.router_aux_loss_coef * aux
-            self.log("train/aux_loss", aux.detach(), on_step=True)
-        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
-        self.log_dict(
-            {
-                "train/loss": lm_loss.detach(),
-                "train/ppl": torch.exp(lm_loss.detach()),
-                "train/tokens": float(self.tokens_seen),
-            },
-            on_step=True,
-            prog_bar=True,
-        )
+        out = self(batch["input_ids"], batch.get("attention_mask"))
+        loss, metrics = self.objective.loss(out, batch)
+        tokens = batch["input_ids"].numel() * self.trainer.world_size
+        self.tokens_seen += tokens
+        for part, per_token in self._flops_per_token.items():
+            self.flops[part] += per_token * tokens
+        progress = {"train/loss": metrics.pop("loss"), "train/ppl": metrics.pop("ppl")}
+        self.log_dict({**progress, "train/tokens": float(self.tokens_seen)}, on_step=True, prog_bar=True)
+        extra = {f"train/{name}": value for name, value in metrics.items()}
+        extra.update({f"train/{part}_flops": float(count) for part, count in self.flops.items()})
+        self.log_dict(extra, on_step=True)
         self._log_throughput(batch["input_ids"].numel())
         return loss
 
@@ -155,16 +152,26 @@ class CausalLMModule(L.LightningModule):
         self._last_step_time = None
 
     def on_fit_start(self) -> None:
+        # The model is built and on its device here, on every rank: each rank loads its own teacher, if any.
+        self.objective.setup(self.model, self.device)
+        self._flops_per_token = {
+            "student": training_flops_per_token(self.model),
+            "teacher": self.objective.teacher_flops_per_token,
+        }
         # Without a logger, log_dir falls back to the working directory: write nothing there.
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        if self.trainer.is_global_zero and log_dir and self.init_report is not None:
-            write_json(Path(log_dir) / "init_report.json", self.init_report.to_dict())
+        if self.trainer.is_global_zero and log_dir:
+            if self.init_report is not None:
+                write_json(Path(log_dir) / "init_report.json", self.init_report.to_dict())
+            write_json(Path(log_dir) / "objective.json", self.objective.describe())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["flops"] = dict(self.flops)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        self.flops = {part: int(checkpoint.get("flops", {}).get(part, 0)) for part in ("student", "teacher")}
 
     def configure_optimizers(self) -> dict[str, Any]:
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
