@@ -136,3 +136,23 @@ def test_warm_start_from_exported_hf_directory(tmp_path):
     for (name, a), (_, b) in zip(source.model.state_dict().items(), warm.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert warm.init_report.initializer == "WarmStart"
+
+
+def test_test_loss_is_reported_per_named_test_set():
+    class TwoTestSets(L.LightningDataModule):
+        test_names = ["dollyeval", "superni_test"]
+
+        def test_dataloader(self):
+            return [DataLoader(_batches(2, seed=3), batch_size=None), DataLoader(_batches(1, seed=4), batch_size=None)]
+
+    L.seed_everything(0)
+    module = _module()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    merged = {k: v for m in trainer.test(module, datamodule=TwoTestSets(), verbose=False) for k, v in m.items()}
+    losses = {
+        name: [causal_lm_loss(module(b["input_ids"]).logits, b["input_ids"])[0].item() for b in _batches(n, seed=s)]
+        for name, n, s in (("dollyeval", 2, 3), ("superni_test", 1, 4))
+    }
+    assert merged["test/loss/dollyeval"] == pytest.approx(sum(losses["dollyeval"]) / 2, rel=1e-5)
+    assert merged["test/loss/superni_test"] == pytest.approx(losses["superni_test"][0], rel=1e-5)
+    assert merged["test/loss"] == pytest.approx(sum(losses["dollyeval"] + losses["superni_test"]) / 3, rel=1e-5)

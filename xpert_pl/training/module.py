@@ -74,6 +74,8 @@ class CausalLMModule(L.LightningModule):
         self.init_report: InitReport | None = None
         self.val_loss = MeanMetric()
         self.val_loss_by_domain = nn.ModuleDict({name: MeanMetric() for name in self.val_domains})
+        self.test_loss = MeanMetric()
+        self.test_loss_by_set = nn.ModuleDict()
         self._last_step_time: float | None = None
         self.tokens_seen = 0
         # Cumulative compute of this run (resumed runs continue it); per-token rates are set at fit start.
@@ -132,21 +134,42 @@ class CausalLMModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        lm_loss, n_tokens, _ = self._losses(batch)
-        self.val_loss.update(lm_loss, weight=n_tokens)
-        if dataloader_idx < len(self.val_domains):
-            self.val_loss_by_domain[self.val_domains[dataloader_idx]].update(lm_loss, weight=n_tokens)
+        self._update_eval_losses(batch, dataloader_idx, self.val_loss, self.val_loss_by_domain)
 
     def on_validation_epoch_end(self) -> None:
-        overall = self.val_loss.compute()
-        metrics = {"val/loss": overall, "val/ppl": torch.exp(overall)}
-        for name, metric in self.val_loss_by_domain.items():
-            if metric.update_count:
-                metrics[f"val/loss/{name}"] = metric.compute()
-            metric.reset()
-        self.val_loss.reset()
-        self.log_dict(metrics, prog_bar=False, add_dataloader_idx=False)
+        overall = self._log_eval_losses("val", self.val_loss, self.val_loss_by_domain)
         self.log("val_loss", overall, prog_bar=True, add_dataloader_idx=False)
+
+    def on_test_start(self) -> None:
+        # Test sets are named by the data module (e.g. the SFT module's `test_names`), one loader each.
+        names = list(getattr(self.trainer.datamodule, "test_names", None) or [])
+        self.test_loss_by_set = nn.ModuleDict({name: MeanMetric() for name in names}).to(self.device)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update_eval_losses(batch, dataloader_idx, self.test_loss, self.test_loss_by_set)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_losses("test", self.test_loss, self.test_loss_by_set)
+
+    def _update_eval_losses(self, batch, dataloader_idx: int, overall: MeanMetric, by_name: nn.ModuleDict) -> None:
+        """Token-weighted next-token loss of a batch, overall and for the loader's named set."""
+        lm_loss, n_tokens, _ = self._losses(batch)
+        overall.update(lm_loss, weight=n_tokens)
+        names = list(by_name)
+        if dataloader_idx < len(names):
+            by_name[names[dataloader_idx]].update(lm_loss, weight=n_tokens)
+
+    def _log_eval_losses(self, stage: str, overall: MeanMetric, by_name: nn.ModuleDict) -> torch.Tensor:
+        """Log `<stage>/loss`, `<stage>/ppl` and `<stage>/loss/<name>`, reset the metrics, return the overall loss."""
+        value = overall.compute()
+        metrics = {f"{stage}/loss": value, f"{stage}/ppl": torch.exp(value)}
+        for name, metric in by_name.items():
+            if metric.update_count:
+                metrics[f"{stage}/loss/{name}"] = metric.compute()
+            metric.reset()
+        overall.reset()
+        self.log_dict(metrics, prog_bar=False, add_dataloader_idx=False)
+        return value
 
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None
