@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from xpert_pl.cli import run_lightning_cli
+from xpert_pl.experiments.runner import artifact_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_YAMLS = sorted(CONFIGS.rglob("*.yaml"))
@@ -51,23 +52,6 @@ def test_fit_configs_build(base, tiny_data_root, tiny_tokenizer_dir, tmp_path):
     assert cli.trainer.max_steps > 0
 
 
-def _artifact_overrides(method: Path, artifacts: dict[str, Path]) -> list[str]:
-    """Point every `runs/...` path of a method YAML's model.* init_args (nested ones too) at the tiny artifact."""
-    overrides = []
-
-    def walk(spec: dict, prefix: str) -> None:
-        for key, value in ((spec or {}).get("init_args") or {}).items():
-            if isinstance(value, dict) and "class_path" in value:
-                walk(value, f"{prefix}.init_args.{key}")
-            elif isinstance(value, str) and value.startswith("runs/"):
-                assert key in artifacts, f"{method.name}: no tiny artifact for '{key}' in tiny_run_artifacts"
-                overrides.append(f"{prefix}.init_args.{key}={artifacts[key]}")
-
-    for part, spec in yaml.safe_load(method.read_text())["model"].items():
-        walk(spec, f"--model.{part}")
-    return overrides
-
-
 def _expected_report(initializer: dict) -> tuple[str, set[str]]:
     """The report name an initializer spec should give, and the name patterns of the tensors it sets."""
     snake = re.sub(r"(?<!^)(?=[A-Z])", "_", initializer["class_path"].rsplit(".", 1)[1].removesuffix("Init")).lower()
@@ -90,7 +74,7 @@ def test_method_configs_build_on_the_tiny_student(
         "--config",
         str(method),
         *_tiny_data_args(tiny_data_root, tiny_tokenizer_dir, tmp_path),
-        *_artifact_overrides(method, tiny_run_artifacts),
+        *artifact_overrides(method, tiny_run_artifacts),
     ]
     cli = run_lightning_cli(args, run=False)
     spec = yaml.safe_load(method.read_text())["model"]["initializer"]

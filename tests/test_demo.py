@@ -67,7 +67,7 @@ def test_exported_students_load_with_plain_transformers(demo_run):
 def test_a_second_demo_run_reuses_every_stage(demo_run, caplog):
     out, _, root = demo_run
     before = (out / "students" / "xpert" / "seed0" / "metrics.csv").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="xpert_pl.demo"):
+    with caplog.at_level("INFO", logger="xpert_pl.experiments.stages"):
         demo(
             out_dir=str(out),
             data_root=str(root),

@@ -5,6 +5,7 @@ Examples:
     xpert analyze --config configs/analyze/tiny.yaml
     xpert extract --config configs/extract/tiny.yaml
     xpert demo
+    xpert bench run configs/bench/quick.yaml
 """
 
 from __future__ import annotations
@@ -62,10 +63,15 @@ def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
     )
 
 
-def _function_commands() -> dict[str, Callable]:
+def _function_commands() -> dict[str, Callable | dict[str, Callable]]:
     from xpert_pl.commands import analyze, demo, extract
+    from xpert_pl.experiments.runner import bench_run
 
-    return {"analyze": analyze, "extract": extract, "demo": demo}
+    return {"analyze": analyze, "extract": extract, "demo": demo, "bench": {"run": bench_run}}
+
+
+# Commands whose required arguments are positional (`xpert bench run <matrix>`); the others take --name=value.
+POSITIONAL = ("bench", "report")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         elif command in commands:
             from jsonargparse import auto_cli
 
-            auto_cli(commands[command], args=rest, as_positional=False)
+            auto_cli(commands[command], args=rest, as_positional=command in POSITIONAL)
         else:
             raise ConfigError(
                 [f"unknown command '{command}'; choose one of: {', '.join([*LIGHTNING_COMMANDS, *commands])}"]

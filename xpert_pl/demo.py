@@ -8,54 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
 from xpert_pl.paths import data_root as resolve_data_root
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 METHODS = {"scratch": "xpert_pl.initializers.ScratchInit", "xpert": "xpert_pl.initializers.XpertInit"}
-
-
-class _Stages:
-    """Runs the demo's stages in order; a stage whose output marker exists is skipped (cached) and timed as 0."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.cached: list[str] = []
-
-    def run(self, name: str, done_marker: Path, fn: Callable[[], None]) -> None:
-        if done_marker.exists():
-            log.info("[demo] %s: cached (%s)", name, done_marker)
-            self.cached.append(name)
-            self.seconds[name] = 0.0
-            return
-        log.info("[demo] %s ...", name)
-        start = time.perf_counter()
-        fn()
-        self.seconds[name] = time.perf_counter() - start
-        log.info("[demo] %s done in %.1f s", name, self.seconds[name])
-
-
-def _fit(config: Path, run_dir: Path, data_args: list[str], extra: list[str]) -> None:
-    from xpert_pl.cli import run_lightning_cli
-
-    run_lightning_cli(
-        ["fit", "--config", str(config), *data_args, f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
-    )
-
-
-def _validation_interval(steps: int, points: int = 6) -> int:
-    """The largest divisor of `steps` giving at least `points` validations, so the last step is validated."""
-    return max(d for d in range(1, max(1, steps // points) + 1) if steps % d == 0)
-
-
-def _command(name: str, config: Path, args: list[str]) -> None:
-    from xpert_pl.cli import main
-
-    main([name, "--config", str(config), *args])
 
 
 def demo(
@@ -94,24 +55,24 @@ def demo(
     }
     data = {k: "null" if v is None else v for k, v in data.items()}
     fit_data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
-    stages = _Stages()
+    stages = CachedStages("demo")
     stages.run(
         "source MoE",
         source_hf / "config.json",
-        lambda: _fit(
+        lambda: fit_in_process(
             configs / "source" / "tiny.yaml",
             out / "source",
             fit_data,
             [
                 f"--trainer.max_steps={source_steps}",
-                f"--trainer.val_check_interval={_validation_interval(source_steps)}",
+                f"--trainer.val_check_interval={validation_interval(source_steps)}",
             ],
         ),
     )
     stages.run(
         "analysis",
         out / "analysis" / "selection.json",
-        lambda: _command(
+        lambda: command_in_process(
             "analyze",
             configs / "analyze" / "tiny.yaml",
             [f"--model={source_hf}", f"--out_dir={out / 'analysis'}", *[f"--data.{k}={v}" for k, v in data.items()]],
@@ -120,7 +81,7 @@ def demo(
     stages.run(
         "knowledge bank",
         bank / "manifest.json",
-        lambda: _command(
+        lambda: command_in_process(
             "extract",
             configs / "extract" / "tiny.yaml",
             [f"--model={source_hf}", f"--selection={out / 'analysis' / 'selection.json'}", f"--out_dir={bank}"],
@@ -131,14 +92,16 @@ def demo(
         method_args = [
             f"--seed_everything={seed}",
             f"--trainer.max_steps={student_steps}",
-            f"--trainer.val_check_interval={_validation_interval(student_steps)}",
+            f"--trainer.val_check_interval={validation_interval(student_steps)}",
             f"--model.initializer.class_path={class_path}",
             *([f"--model.initializer.init_args.bank={bank}"] if method == "xpert" else []),
         ]
         stages.run(
             f"student {method}",
             run_dir / "hf" / "config.json",
-            lambda run_dir=run_dir, args=method_args: _fit(configs / "pretrain" / "tiny.yaml", run_dir, fit_data, args),
+            lambda run_dir=run_dir, args=method_args: fit_in_process(
+                configs / "pretrain" / "tiny.yaml", run_dir, fit_data, args
+            ),
         )
     report = write_demo_report(out, list(METHODS), seed, stages.seconds, stages.cached, time.perf_counter() - start)
     log.info("[demo] done in %.1f s; report: %s", time.perf_counter() - start, report)

@@ -1,0 +1,112 @@
+"""MatrixRunner: finished cells are skipped, interrupted ones resume, failures are recorded; a real tiny run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xpert_pl.experiments.matrix import load_matrix
+from xpert_pl.experiments.runner import MatrixRunner, artifact_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_matrix(
+    tmp_path: Path, data_root: Path, tokenizer: Path, source: Path, methods: list[str], budgets: dict | None = None
+) -> Path:
+    spec = {
+        "out_dir": str(tmp_path / "bench"),
+        "data": {"data_root": str(data_root), "tokenizer": str(tokenizer), "block_size": 32, "batch_size": 4},
+        "source": {"hf": str(source)},
+        "analyze": "configs/analyze/tiny.yaml",
+        "extract": "configs/extract/tiny.yaml",
+        "scales": {"2l": {"config": "configs/pretrain/tiny.yaml"}},
+        "budgets": budgets or {"short": 2, "long": 4},
+        "seeds": [0],
+        "methods": {m: f"configs/methods/{m}.yaml" for m in methods},
+        "sweep_methods": ["scratch"],
+    }
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+class FakeLauncher:
+    """Records commands; exits with `status` and writes the marker a successful fit would leave."""
+
+    def __init__(self, status: int = 0):
+        self.status, self.commands = status, []
+
+    def __call__(self, command: list[str], log_file: Path) -> int:
+        self.commands.append(command)
+        save_dir = next(a.split("=", 1)[1] for a in command if a.startswith("--trainer.logger.init_args.save_dir="))
+        if self.status == 0:
+            (Path(save_dir) / "hf").mkdir(parents=True, exist_ok=True)
+            (Path(save_dir) / "hf" / "config.json").write_text("{}")
+        return self.status
+
+
+@pytest.fixture
+def runner(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir):
+    path = write_matrix(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir, ["scratch", "xpert"])
+    return MatrixRunner(load_matrix(path, root=REPO), launch=FakeLauncher())
+
+
+def test_finished_cells_are_skipped_and_interrupted_ones_resume(runner):
+    done, interrupted, fresh = runner.matrix.cells()[:3]
+    done_dir = done.directory(runner.matrix.out_dir)
+    done_dir.mkdir(parents=True)
+    (done_dir / "cell.json").write_text(json.dumps({"status": "done"}))
+    last = interrupted.directory(runner.matrix.out_dir) / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    assert [runner.run_cell(c) for c in (done, interrupted, fresh)] == ["skipped", "done", "done"]
+    resumed, started = runner.launch.commands
+    assert resumed[-1] == f"--ckpt_path={last}" and not any(a.startswith("--ckpt_path") for a in started)
+    record = json.loads((fresh.directory(runner.matrix.out_dir) / "cell.json").read_text())
+    assert record["status"] == "done" and record["method"] == fresh.method and record["steps"] == fresh.steps
+    assert runner.run_cell(fresh) == "skipped" and len(runner.launch.commands) == 2
+
+
+def test_a_failed_cell_is_recorded_and_rerun_later(runner):
+    runner.launch = FakeLauncher(status=1)
+    cell = runner.matrix.cells()[0]
+    assert runner.run_cell(cell) == "failed"
+    record = json.loads((cell.directory(runner.matrix.out_dir) / "cell.json").read_text())
+    assert record["status"] == "failed" and record["failed_stage"] == "pretrain"
+    runner.launch = FakeLauncher(status=0)
+    assert runner.run_cell(cell) == "done"
+
+
+def test_commands_point_methods_at_the_shared_artifacts(runner):
+    xpert = next(c for c in runner.matrix.cells() if c.method == "xpert")
+    command = runner.pretrain_command(xpert)
+    assert f"--model.initializer.init_args.bank={runner.shared / 'bank'}" in command
+    assert "--seed_everything=0" in command and "--data.init_args.seed=0" in command
+    assert f"--trainer.max_steps={xpert.steps}" in command
+    overrides = artifact_overrides(REPO / "configs" / "methods" / "xpert_attention.yaml", runner.artifacts())
+    assert overrides == [
+        f"--model.initializer.init_args.base.init_args.bank={runner.shared / 'bank'}",
+        f"--model.initializer.init_args.source={runner.matrix.source_hf}",
+    ]
+
+
+def test_a_real_tiny_matrix_runs_then_skips_everything(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir):
+    methods = ["scratch", "xpert"]
+    path = write_matrix(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir, methods, {"only": 3})
+    runner = MatrixRunner(load_matrix(path, root=REPO))
+    assert runner.run(path) == {"done": 2}
+    out = runner.matrix.out_dir
+    assert (out / "matrix.yaml").read_text() == path.read_text()
+    assert (out / "shared" / "bank" / "manifest.json").is_file()
+    for cell in runner.matrix.cells():
+        run_dir = cell.directory(out)
+        record = json.loads((run_dir / "cell.json").read_text())
+        assert record["status"] == "done" and record["tokens_budget"] == cell.steps * 4 * 32
+        assert (run_dir / "metrics.csv").is_file() and (run_dir / "hf" / "config.json").is_file()
+    init = json.loads((out / "cells/2l/only/xpert/seed0/init_report.json").read_text())
+    assert init["initializer"] == "xpert" and init["details"]["bank"] == str(out / "shared" / "bank")
+    assert runner.run(path) == {"skipped": 2}

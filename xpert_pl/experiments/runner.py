@@ -1,0 +1,237 @@
+"""`xpert bench run <matrix>`: run what is missing of an experiment matrix, resuming what was interrupted.
+
+Layout of `out_dir` (read by `xpert report`):
+    matrix.yaml                          the matrix as given
+    shared/{tokenizer,cache,source,analysis,bank}/   the source pipeline, run once (cached stages)
+    cells/<scale>/<budget>/<method>/seed<k>/         one pre-training run each: cell.json (status, wall time,
+                                          token budget), metrics.csv, config.yaml, init_report.json, hf/, checkpoints/;
+                                          sft/ with the follow-up fine-tuning when the matrix asks for it
+A cell whose cell.json says `done` is skipped; a cell with a `last.ckpt` but not done resumes from it. Each run is
+a separate `xpert fit` process, so a crash or a kill loses at most the steps since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from xpert_pl.artifacts import read_json, write_json
+from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
+from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
+from xpert_pl.paths import data_root as resolve_data_root
+
+log = logging.getLogger(__name__)
+
+Launcher = Callable[[list[str], Path], int]
+CELL_FILE = "cell.json"
+
+
+def artifact_overrides(method: Path, artifacts: dict[str, Path]) -> list[str]:
+    """CLI overrides pointing every `runs/...` path of a method YAML's `model.*` init_args (nested too) at
+    `artifacts[<argument name>]`, e.g. `bank`, `source`, `teacher`, `analysis`, `selection`."""
+    overrides: list[str] = []
+
+    def walk(spec: Any, prefix: str) -> None:
+        for key, value in ((spec or {}).get("init_args") or {}).items():
+            if isinstance(value, dict) and "class_path" in value:
+                walk(value, f"{prefix}.init_args.{key}")
+            elif isinstance(value, str) and value.startswith("runs/"):
+                if key not in artifacts:
+                    raise ValueError(f"{method.name}: no artifact for '{key}' (known: {', '.join(sorted(artifacts))})")
+                overrides.append(f"{prefix}.init_args.{key}={artifacts[key]}")
+
+    for part, spec in (yaml.safe_load(method.read_text()).get("model") or {}).items():
+        walk(spec, f"--model.{part}")
+    return overrides
+
+
+def run_subprocess(command: list[str], log_file: Path) -> int:
+    """Run `command`, its output appended to `log_file`; returns the exit status."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a") as fh:
+        return subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+
+
+@dataclass
+class MatrixRunner:
+    """Runs an `ExperimentMatrix`: the shared source pipeline in this process, every cell as its own process.
+
+    Attributes:
+        matrix: the parsed matrix.
+        jobs: cells run at the same time (each a separate `xpert fit` process).
+        launch: runs one command and returns its exit status (tests replace it).
+    """
+
+    matrix: ExperimentMatrix
+    jobs: int = 1
+    launch: Launcher = run_subprocess
+
+    @property
+    def shared(self) -> Path:
+        return self.matrix.out_dir / "shared"
+
+    def data_settings(self) -> dict[str, Any]:
+        """Data-module settings every run shares: data root, tokenizer, cache, and the matrix's `data` block."""
+        data = {"data_root": resolve_data_root(self.matrix.data.get("data_root"))}
+        data |= {"tokenizer": self.shared / "tokenizer", "cache_dir": self.shared / "cache"}
+        data |= {k: v for k, v in self.matrix.data.items() if k != "data_root"}
+        return {k: "null" if v is None else v for k, v in data.items()}
+
+    def artifacts(self) -> dict[str, Path]:
+        source = self.matrix.source_hf or self.shared / "source" / "hf"
+        analysis = self.shared / "analysis"
+        return {
+            "source": source,
+            "teacher": source,
+            "analysis": analysis,
+            "selection": analysis / "selection.json",
+            "bank": self.shared / "bank",
+        }
+
+    def run_shared(self) -> dict[str, float]:
+        """Source MoE (unless given), expert analysis and knowledge bank, each skipped once done."""
+        stages, data, art = CachedStages("bench"), self.data_settings(), self.artifacts()
+        fit_data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
+        if self.matrix.source_hf is None:
+            steps = self.matrix.source.steps
+            extra = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={validation_interval(steps)}"]
+            run = self.shared / "source"
+            stages.run(
+                "source MoE",
+                art["source"] / "config.json",
+                lambda: fit_in_process(self.matrix.source.config, run, fit_data, [*self.matrix.source.args, *extra]),
+            )
+        analyze_args = [f"--model={art['source']}", f"--out_dir={art['analysis']}", *self.matrix.analyze.args]
+        analyze_args += [f"--data.{k}={v}" for k, v in data.items()]
+        stages.run(
+            "analysis",
+            art["selection"],
+            lambda: command_in_process("analyze", self.matrix.analyze.config, analyze_args),
+        )
+        extract_args = [f"--model={art['source']}", f"--selection={art['selection']}", f"--out_dir={art['bank']}"]
+        stages.run(
+            "knowledge bank",
+            art["bank"] / "manifest.json",
+            lambda: command_in_process(
+                "extract", self.matrix.extract.config, [*extract_args, *self.matrix.extract.args]
+            ),
+        )
+        return stages.seconds
+
+    def pretrain_command(self, cell: Cell) -> list[str]:
+        """The `xpert fit` command of a cell (with `--ckpt_path` when it resumes)."""
+        run_dir, scale = cell.directory(self.matrix.out_dir), self.matrix.scales[cell.scale]
+        method = self.matrix.methods[cell.method]
+        command = [sys.executable, "-m", "xpert_pl.cli", "fit", "--config", str(scale.config), *scale.args]
+        command += ["--config", str(method), *artifact_overrides(method, self.artifacts())]
+        command += [f"--data.init_args.{k}={v}" for k, v in self.data_settings().items()]
+        command += [
+            f"--seed_everything={cell.seed}",
+            f"--data.init_args.seed={cell.seed}",
+            f"--trainer.max_steps={cell.steps}",
+            f"--trainer.val_check_interval={validation_interval(cell.steps)}",
+            f"--trainer.logger.init_args.save_dir={run_dir}",
+        ]
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return [*command, f"--ckpt_path={last}"] if last.is_file() else command
+
+    def sft_command(self, cell: Cell) -> list[str]:
+        """The follow-up fine-tuning of a cell: a warm start from its exported model."""
+        sft, run_dir = self.matrix.sft, cell.directory(self.matrix.out_dir)
+        data = {k: v for k, v in self.data_settings().items() if k in ("data_root", "tokenizer")}
+        return [
+            *(sys.executable, "-m", "xpert_pl.cli", "fit", "--config", str(sft.config), *sft.args),
+            *[f"--data.init_args.{k}={v}" for k, v in data.items()],
+            f"--model.init_checkpoint={run_dir / 'hf'}",
+            f"--seed_everything={cell.seed}",
+            f"--trainer.max_steps={sft.steps}",
+            f"--trainer.logger.init_args.save_dir={run_dir / 'sft'}",
+        ]
+
+    def run_cell(self, cell: Cell) -> str:
+        """Run (or resume) one cell and its follow-up stages; returns its final status."""
+        run_dir = cell.directory(self.matrix.out_dir)
+        record = read_json(run_dir / CELL_FILE) if (run_dir / CELL_FILE).is_file() else {}
+        if record.get("status") == "done":
+            return "skipped"
+        record = {**_describe(cell), "status": "running", "stage_wall_s": record.get("stage_wall_s", {})}
+        write_json(run_dir / CELL_FILE, record)
+        stages = [("pretrain", self.pretrain_command, run_dir / "hf" / "config.json")]
+        if self.matrix.sft is not None:
+            stages.append(("sft", self.sft_command, run_dir / "sft" / "hf" / "config.json"))
+        for name, build, marker in stages:
+            if marker.is_file():
+                continue
+            start = time.perf_counter()
+            status = self.launch(build(cell), run_dir / f"{name}.log")
+            record["stage_wall_s"][name] = record["stage_wall_s"].get(name, 0.0) + time.perf_counter() - start
+            if status != 0:
+                write_json(run_dir / CELL_FILE, {**record, "status": "failed", "failed_stage": name})
+                return "failed"
+        record |= {"status": "done", "wall_s": sum(record["stage_wall_s"].values())}
+        record["tokens_budget"] = _tokens_budget(run_dir, cell.steps)
+        write_json(run_dir / CELL_FILE, record)
+        return "done"
+
+    def run(self, matrix_file: Path | None = None) -> dict[str, int]:
+        """The shared stages, then every cell; returns how many cells ended in each status."""
+        self.matrix.out_dir.mkdir(parents=True, exist_ok=True)
+        if matrix_file is not None:
+            shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.yaml")
+        self.run_shared()
+        cells = self.matrix.cells()
+        counts: dict[str, int] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+            for status in tqdm(pool.map(self.run_cell, cells), total=len(cells), desc="cells", unit="cell"):
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+def _describe(cell: Cell) -> dict[str, Any]:
+    return {"scale": cell.scale, "budget": cell.budget, "method": cell.method, "seed": cell.seed, "steps": cell.steps}
+
+
+def _tokens_budget(run_dir: Path, steps: int) -> int | None:
+    """Tokens a run was given: steps x batch size x block size (x devices), from its saved config."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        return None
+    config = yaml.safe_load(config_file.read_text())
+    data = config.get("data", {}).get("init_args", {})
+    devices = config.get("trainer", {}).get("devices", 1)
+    devices = devices if isinstance(devices, int) and devices > 0 else 1
+    if "block_size" not in data or "batch_size" not in data:
+        return None
+    return int(steps * data["batch_size"] * data["block_size"] * devices)
+
+
+def bench_run(matrix: str, jobs: int = 1, only: Sequence[str] | None = None) -> None:
+    """Run what is missing of an experiment matrix (finished cells are skipped, interrupted ones resumed).
+
+    Args:
+        matrix: the matrix YAML (e.g. `configs/bench/quick.yaml`).
+        jobs: cells trained at the same time, each in its own process (on a 2-core CPU keep 1).
+        only: run only the cells of these methods (the shared stages always run).
+    """
+    parsed = load_matrix(matrix)
+    if only:
+        unknown = [m for m in only if m not in parsed.methods]
+        if unknown:
+            raise ValueError(f"--only names unknown methods {unknown}; the matrix has {', '.join(parsed.methods)}")
+        parsed.methods = {m: p for m, p in parsed.methods.items() if m in only}
+    counts = MatrixRunner(parsed, jobs=jobs).run(Path(matrix))
+    print(json.dumps({"out_dir": str(parsed.out_dir), **counts}))
+    if counts.get("failed"):
+        raise SystemExit(f"{counts['failed']} cell(s) failed; see <cell>/pretrain.log or sft.log, then rerun")

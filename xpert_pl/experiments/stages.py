@@ -1,0 +1,52 @@
+"""Pipeline stages run in order, each skipped when its output already exists (so a rerun resumes the pipeline)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class CachedStages:
+    """Runs named stages in order; a stage whose `done_marker` exists is skipped (cached) and timed as 0 s."""
+
+    def __init__(self, prefix: str = "xpert") -> None:
+        self.prefix = prefix
+        self.seconds: dict[str, float] = {}
+        self.cached: list[str] = []
+
+    def run(self, name: str, done_marker: Path, fn: Callable[[], None]) -> None:
+        if done_marker.exists():
+            log.info("[%s] %s: cached (%s)", self.prefix, name, done_marker)
+            self.cached.append(name)
+            self.seconds[name] = 0.0
+            return
+        log.info("[%s] %s ...", self.prefix, name)
+        start = time.perf_counter()
+        fn()
+        self.seconds[name] = time.perf_counter() - start
+        log.info("[%s] %s done in %.1f s", self.prefix, name, self.seconds[name])
+
+
+def fit_in_process(config: Path, run_dir: Path, data_args: list[str], extra: list[str]) -> None:
+    """`xpert fit --config <config>` with its logger writing into `run_dir`."""
+    from xpert_pl.cli import run_lightning_cli
+
+    run_lightning_cli(
+        ["fit", "--config", str(config), *data_args, f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
+    )
+
+
+def command_in_process(name: str, config: Path, args: list[str]) -> None:
+    """`xpert <name> --config <config> <args>` (a function command such as analyze or extract)."""
+    from xpert_pl.cli import main
+
+    main([name, "--config", str(config), *args])
+
+
+def validation_interval(steps: int, points: int = 6) -> int:
+    """The largest divisor of `steps` giving at least `points` validations, so the last step is validated."""
+    return max(d for d in range(1, max(1, steps // points) + 1) if steps % d == 0)
