@@ -162,7 +162,27 @@ def tiny_bank(tiny_source_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank) -> dict[str, Path]:
+def tiny_untrained_bank(tiny_source_dir, tmp_path_factory) -> Path:
+    """The XPERT procedure on an untrained copy of the tiny source: copy, analysis, selection, full-rank bank."""
+    import torch
+
+    from xpert_pl.analysis import ConsistentExpertSelector, run_analysis
+    from xpert_pl.bank import TuckerConsolidator, extract_bank
+    from xpert_pl.models import load_causal_lm, make_untrained_copy
+
+    root = tmp_path_factory.mktemp("untrained")
+    copy = make_untrained_copy(str(tiny_source_dir), str(root / "hf"), seed=1)
+    model = load_causal_lm(copy)
+    gen = torch.Generator().manual_seed(0)
+    batches = {d: [{"input_ids": torch.randint(0, model.config.vocab_size, (2, 16), generator=gen)}] for d in "ab"}
+    _, selection = run_analysis(model, batches, root / "analysis", ConsistentExpertSelector(n=2), plots=False)
+    consolidator = TuckerConsolidator(ranks=[1.0, 1.0, 1.0], n_iter_max=3)
+    bank = extract_bank(model, selection.to_dict(), consolidator, {"model": str(copy)}, progress=False)
+    return bank.save(root / "bank")
+
+
+@pytest.fixture(scope="session")
+def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank, tiny_untrained_bank) -> dict[str, Path]:
     """What method YAMLs point at under runs/, by argument name, built tiny (see tests/test_configs.py)."""
     return {
         "bank": tiny_bank,
@@ -170,4 +190,5 @@ def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank) -> dict[st
         "teacher": tiny_source_dir,
         "analysis": tiny_analysis_dir,
         "selection": tiny_analysis_dir / "selection.json",
+        "untrained_bank": tiny_untrained_bank,
     }

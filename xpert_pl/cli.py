@@ -66,8 +66,15 @@ def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
 def _function_commands() -> dict[str, Callable | dict[str, Callable]]:
     from xpert_pl.commands import analyze, demo, extract
     from xpert_pl.experiments.runner import bench_run
+    from xpert_pl.models import make_untrained_copy
 
-    return {"analyze": analyze, "extract": extract, "demo": demo, "bench": {"run": bench_run}}
+    return {
+        "analyze": analyze,
+        "extract": extract,
+        "demo": demo,
+        "bench": {"run": bench_run},
+        "untrained-source": make_untrained_copy,
+    }
 
 
 # Commands whose required arguments are positional (`xpert bench run <matrix>`); the others take --name=value.

@@ -188,3 +188,34 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: tor
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())
+
+
+UNTRAINED_MARKER = "untrained.json"
+
+
+def make_untrained_copy(source: str, out_dir: str, seed: int = 0, trust_remote_code: bool = False) -> Path:
+    """Save a freshly initialised model of the source's architecture (and its tokenizer) into `out_dir`.
+
+    The control "the XPERT procedure without knowledge" runs analysis, selection, Tucker and adaptation on this copy.
+    `untrained.json` records where it came from and the seed, so a bank built from it can be recognised.
+
+    Args:
+        source: the trained source (local HF directory, or a hub id when online); only its config and tokenizer
+            are read.
+        out_dir: directory of the untrained copy (written atomically).
+        seed: seed of the fresh initialisation.
+        trust_remote_code: allow the source's own Python code to run.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from xpert_pl.artifacts import atomic_directory, write_json
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        if Path(source).is_dir() and any(Path(source).glob("tokenizer*")):
+            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        write_json(tmp / UNTRAINED_MARKER, {"untrained_copy_of": str(source), "seed": seed})
+    return Path(out_dir)

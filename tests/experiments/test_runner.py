@@ -94,6 +94,16 @@ def test_commands_point_methods_at_the_shared_artifacts(runner):
     ]
 
 
+def test_the_untrained_source_stages_run_only_when_a_method_needs_them(runner, tmp_path):
+    assert not runner.uses_artifact("untrained_bank")
+    runner.matrix.methods["untrained_source"] = REPO / "configs" / "methods" / "untrained_source.yaml"
+    assert runner.uses_artifact("untrained_bank")
+    cell = next(c for c in runner.matrix.cells() if c.method == "scratch")
+    control = type(cell)(cell.scale, cell.budget, "untrained_source", cell.seed, cell.steps)
+    override = f"--model.initializer.init_args.untrained_bank={runner.shared / 'untrained' / 'bank'}"
+    assert override in runner.pretrain_command(control)
+
+
 def test_a_real_tiny_matrix_runs_then_skips_everything(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir):
     methods = ["scratch", "xpert"]
     path = write_matrix(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir, methods, {"only": 3})

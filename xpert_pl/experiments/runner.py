@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from xpert_pl.artifacts import read_json, write_json
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
+from xpert_pl.models import make_untrained_copy
 from xpert_pl.paths import data_root as resolve_data_root
 
 log = logging.getLogger(__name__)
@@ -98,37 +99,56 @@ class MatrixRunner:
             "analysis": analysis,
             "selection": analysis / "selection.json",
             "bank": self.shared / "bank",
+            "untrained_bank": self.shared / "untrained" / "bank",
         }
 
+    def uses_artifact(self, key: str) -> bool:
+        """Whether some method of the matrix points an argument named `key` at a `runs/...` artifact."""
+        return any(
+            f".{key}=" in arg for m in self.matrix.methods.values() for arg in artifact_overrides(m, self.artifacts())
+        )
+
     def run_shared(self) -> dict[str, float]:
-        """Source MoE (unless given), expert analysis and knowledge bank, each skipped once done."""
+        """Source MoE (unless given), expert analysis and knowledge bank, each skipped once done; the same
+        procedure on an untrained copy of the source when a method needs it (UntrainedSourceInit)."""
         stages, data, art = CachedStages("bench"), self.data_settings(), self.artifacts()
-        fit_data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
         if self.matrix.source_hf is None:
             steps = self.matrix.source.steps
             extra = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={validation_interval(steps)}"]
+            fit_data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
             run = self.shared / "source"
             stages.run(
                 "source MoE",
                 art["source"] / "config.json",
                 lambda: fit_in_process(self.matrix.source.config, run, fit_data, [*self.matrix.source.args, *extra]),
             )
-        analyze_args = [f"--model={art['source']}", f"--out_dir={art['analysis']}", *self.matrix.analyze.args]
+        self._analysis_and_bank(stages, "", art["source"], self.shared)
+        if self.uses_artifact("untrained_bank"):
+            copy = self.shared / "untrained" / "hf"
+            stages.run(
+                "untrained copy", copy / "untrained.json", lambda: make_untrained_copy(str(art["source"]), str(copy))
+            )
+            self._analysis_and_bank(stages, "untrained ", copy, self.shared / "untrained")
+        return stages.seconds
+
+    def _analysis_and_bank(self, stages: CachedStages, label: str, model: Path, root: Path) -> None:
+        """`xpert analyze` and `xpert extract` of `model` into `root/analysis` and `root/bank`."""
+        analysis, bank, data = root / "analysis", root / "bank", self.data_settings()
+        analyze_args = [f"--model={model}", f"--out_dir={analysis}", *self.matrix.analyze.args]
         analyze_args += [f"--data.{k}={v}" for k, v in data.items()]
         stages.run(
-            "analysis",
-            art["selection"],
+            f"{label}analysis",
+            analysis / "selection.json",
             lambda: command_in_process("analyze", self.matrix.analyze.config, analyze_args),
         )
-        extract_args = [f"--model={art['source']}", f"--selection={art['selection']}", f"--out_dir={art['bank']}"]
+        extract_args = [f"--model={model}", f"--selection={analysis / 'selection.json'}", f"--out_dir={bank}"]
         stages.run(
-            "knowledge bank",
-            art["bank"] / "manifest.json",
+            f"{label}knowledge bank",
+            bank / "manifest.json",
             lambda: command_in_process(
                 "extract", self.matrix.extract.config, [*extract_args, *self.matrix.extract.args]
             ),
         )
-        return stages.seconds
 
     def pretrain_command(self, cell: Cell) -> list[str]:
         """The `xpert fit` command of a cell (with `--ckpt_path` when it resumes)."""

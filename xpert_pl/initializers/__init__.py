@@ -8,7 +8,12 @@ from xpert_pl.initializers.controls import FullExpertsInit, RandomExpertsInit, R
 from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
 from xpert_pl.initializers.scratch import ScratchInit
 from xpert_pl.initializers.source_weights import WithSourceWeights
-from xpert_pl.initializers.statistics import NormMatchedScratchInit, ShuffledXpertInit, SpectrumMatchedInit
+from xpert_pl.initializers.statistics import (
+    NormMatchedScratchInit,
+    ShuffledXpertInit,
+    SpectrumMatchedInit,
+    UntrainedSourceInit,
+)
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN, UnsupportedStudentError
 from xpert_pl.initializers.xpert import XpertInit
 
@@ -28,6 +33,7 @@ __all__ = [
     "SourceFFN",
     "SpectrumMatchedInit",
     "UnsupportedStudentError",
+    "UntrainedSourceInit",
     "WeightSelectionInit",
     "WithSourceWeights",
     "XpertInit",

@@ -7,11 +7,14 @@ Each control runs XPERT first, then destroys one thing while keeping another:
   row keeps its values; the learned function is gone).
 - `SpectrumMatchedInit`: each FFN matrix replaced by random orthogonal factors with XPERT's singular values.
 - `NormMatchedScratchInit`: the student's scratch FFN matrices rescaled to XPERT's Frobenius norms.
+- `UntrainedSourceInit`: the whole XPERT procedure (analysis, selection, Tucker, adaptation) run on an untrained
+  copy of the source (`xpert untrained-source`): the procedure without the knowledge.
 """
 
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,9 +22,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
+from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.initializers.base import InitReport
 from xpert_pl.initializers.transfer import PROJ, NeuronSelection, WiderFFN, student_mlps
 from xpert_pl.initializers.xpert import Collapse, XpertInit
+from xpert_pl.models import UNTRAINED_MARKER
 
 
 def random_orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
@@ -112,3 +117,38 @@ class NormMatchedScratchInit(XpertStatisticsControl):
             fresh = scratch[m].double()
             weight.copy_(fresh * (norms[m] / float(torch.linalg.matrix_norm(fresh))))
         return {"xpert_norms": norms}
+
+
+class UntrainedSourceInit(XpertInit):
+    """Control: XPERT from a bank built on an untrained copy of the source (the procedure without knowledge)."""
+
+    def __init__(
+        self,
+        untrained_bank: str,
+        collapse: Collapse = "frequency",
+        rescale: RescaleMode = "expert_norm",
+        depth_strategy: DepthStrategy = "uniform",
+        neuron_selection: NeuronSelection = "energy",
+        wider_ffn: WiderFFN = "scratch",
+    ):
+        """
+        Args:
+            untrained_bank: a bank made by `xpert untrained-source`, then `xpert analyze` and `xpert extract` on the
+                untrained copy; a bank of a trained source is refused.
+            collapse: as `XpertInit.collapse`.
+            rescale: as `XpertInit.rescale`.
+            depth_strategy: as `XpertInit.depth_strategy`.
+            neuron_selection: as `XpertInit.neuron_selection`.
+            wider_ffn: as `XpertInit.wider_ffn`.
+        """
+        super().__init__(untrained_bank, collapse, rescale, depth_strategy, neuron_selection, wider_ffn)
+
+    def load_bank(self) -> KnowledgeBank:
+        bank = super().load_bank()
+        model = str(bank.manifest.get("source", {}).get("model", ""))
+        if not model or not (Path(model) / UNTRAINED_MARKER).is_file():
+            raise ValueError(
+                f"{self.bank} was not built from an untrained copy (its source '{model}' has no {UNTRAINED_MARKER}); "
+                "run `xpert untrained-source`, then `xpert analyze` and `xpert extract` on the copy"
+            )
+        return bank
