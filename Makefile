@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.xpert-installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/xpert bench run configs/bench/small.yaml
+	$(BIN)/xpert report runs/bench-small
+
+bench-quick: $(STAMP)
+	$(BIN)/xpert bench run configs/bench/quick.yaml
+	$(BIN)/xpert report runs/bench-quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

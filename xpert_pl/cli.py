@@ -6,6 +6,7 @@ Examples:
     xpert extract --config configs/extract/tiny.yaml
     xpert demo
     xpert bench run configs/bench/quick.yaml
+    xpert report runs/bench-quick
 """
 
 from __future__ import annotations
@@ -67,12 +68,14 @@ def _function_commands() -> dict[str, Callable | dict[str, Callable]]:
     from xpert_pl.commands import analyze, demo, extract
     from xpert_pl.experiments.runner import bench_run
     from xpert_pl.models import make_untrained_copy
+    from xpert_pl.report import write_report
 
     return {
         "analyze": analyze,
         "extract": extract,
         "demo": demo,
         "bench": {"run": bench_run},
+        "report": write_report,
         "untrained-source": make_untrained_copy,
     }
 

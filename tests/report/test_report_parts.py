@@ -1,0 +1,122 @@
+"""The report's parts on small hand-made inputs: statistics, sentences, readers and the HTML renderer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from xpert_pl.report.plots import seed_band
+from xpert_pl.report.render import Paragraph, Table, to_html
+from xpert_pl.report.runs import read_cell, read_lm_eval, read_metrics_csv
+from xpert_pl.report.sections import control_sentence, fmt_spread, verdict_sentence
+from xpert_pl.report.stats import Paired, crossing_step, paired, scratch_tokens_worth, spread, steps_fraction
+
+
+def test_crossing_step_interpolates_between_validations():
+    steps, values = [0, 10, 20, 30], [4.0, 3.0, 2.0, 1.5]
+    assert crossing_step(steps, values, 2.5) == pytest.approx(15.0)  # halfway from 3.0 (step 10) to 2.0 (step 20)
+    assert crossing_step(steps, values, 4.5) == 0.0  # already there at the first validation
+    assert crossing_step(steps, values, 1.0) is None
+    # Against a scratch run ending at 2.0 after 40 steps: 15 / 40 of its steps.
+    assert steps_fraction((steps, values), ([0, 40], [5.0, 2.5])) == pytest.approx(15 / 40)
+    assert steps_fraction((steps, [4.0, 3.9, 3.8, 3.7]), ([0, 40], [5.0, 2.5])) is None
+
+
+def test_paired_matches_numpy_and_scipy():
+    a, b = {0: 2.0, 1: 2.3, 2: 2.1, 3: 2.6}, {0: 2.2, 1: 2.4, 2: 2.4, 5: 9.9}  # seed 3 and 5 have no partner
+    result = paired(a, b, n_resamples=500, seed=7)
+    x, y = np.array([2.0, 2.3, 2.1]), np.array([2.2, 2.4, 2.4])
+    assert result.seeds == (0, 1, 2)
+    assert result.mean_diff == pytest.approx(np.mean(x - y))
+    assert result.p_value == pytest.approx(stats.ttest_rel(x, y).pvalue)
+    means = (x - y)[np.random.default_rng(7).integers(0, 3, size=(500, 3))].mean(axis=1)
+    assert (result.ci_low, result.ci_high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+
+
+def test_one_seed_is_too_few_and_constant_differences_have_no_p_value():
+    one = paired({0: 2.0}, {0: 2.5})
+    assert one.direction == "too few seeds" and one.ci_low is None and one.p_value is None
+    assert control_sentence("shuffled_xpert", one, one) == "`shuffled_xpert`: too few seeds (1) for a test."
+    assert "too few seeds (1 paired; mean difference -0.5000)" in verdict_sentence("xpert", "scratch", one, "2l/long")
+    constant = paired({0: 2.0, 1: 2.4}, {0: 2.1, 1: 2.5})
+    assert math.isnan(constant.p_value) and constant.direction == "lower"
+    assert spread([3.0]).n == 1 and math.isnan(spread([3.0]).std) and fmt_spread(spread([3.0])) == "3.0000"
+
+
+def test_sentences_when_the_ci_includes_zero():
+    unclear = Paired((0, 1, 2), 0.01, -0.02, 0.04, 0.5)
+    sentence = verdict_sentence("xpert", "random_experts", unclear, "2l/long")
+    assert "XPERT is **not distinguishable** from `random_experts`" in sentence
+    assert sentence.endswith("XPERT does not beat `random_experts` here.")
+    text = control_sentence("spectrum_matched", unclear, Paired((), math.nan, None, None, None))
+    assert "not significant (95% CI -0.0200 to +0.0400, p = 0.5, 3 seeds)" in text
+    assert text.endswith("this run cannot tell knowledge from statistics.")
+    better = control_sentence("shuffled_xpert", Paired((0, 1, 2, 3, 4), -0.031, -0.050, -0.012, 0.004), unclear)
+    assert better == (
+        "XPERT's final loss is lower than `shuffled_xpert`'s by 0.0310 (95% CI 0.0120 to 0.0500, p = 0.004, "
+        "5 seeds): the learned function, not only the weight statistics, helps."
+    )
+
+
+def test_scratch_tokens_worth_interpolates_in_log_tokens_and_bounds_outside():
+    scratch = [(4e9, 2.6), (1e9, 3.0)]
+    worth = scratch_tokens_worth(scratch, 2.8)  # halfway in loss -> geometric mean of 1e9 and 4e9
+    assert worth.relation == "=" and worth.tokens == pytest.approx(2e9)
+    assert worth.multiplier(1e9) == "2.00x"
+    assert scratch_tokens_worth(scratch, 2.5).multiplier(1e9) == "> 4.00x"
+    assert scratch_tokens_worth(scratch, 3.2).multiplier(2e9) == "< 0.50x"
+    assert scratch_tokens_worth([], 3.0) is None
+
+
+def test_lm_eval_reader_accepts_the_kit_summary_and_raw_results(tmp_path):
+    kit = {"tasks": {"boolq": {"metric": "acc", "score": 0.7, "metrics": {"acc": 0.7}, "stderr": {"acc": 0.01}}}}
+    (tmp_path / "lm_eval").mkdir()
+    (tmp_path / "lm_eval" / "lm_eval_step10.json").write_text(json.dumps({"step": 10, **kit}))  # the callback's file
+    assert read_lm_eval(tmp_path, "lm_eval") == {"lm_eval/boolq/acc": 0.7}
+    raw = {"results": {"piqa": {"alias": "piqa", "acc,none": 0.6, "acc_stderr,none": 0.01, "acc_norm,none": 0.65}}}
+    (tmp_path / "lm_eval_step20.json").write_text(json.dumps(raw))  # the later step wins
+    assert read_lm_eval(tmp_path, "sft/lm_eval") == {"sft/lm_eval/piqa/acc": 0.6, "sft/lm_eval/piqa/acc_norm": 0.65}
+
+
+def test_metrics_reader_drops_empty_cells(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/loss\n0,0,,5.0\n0,9,4.2,\n")
+    assert read_metrics_csv(path) == [
+        {"epoch": 0.0, "step": 0.0, "val/loss": 5.0},
+        {"epoch": 0.0, "step": 9.0, "train/loss": 4.2},
+    ]
+
+
+def test_html_escapes_text_and_renders_the_same_table():
+    page = to_html(
+        [Paragraph("a <script> and `code` and **bold**"), Table(["m", "x"], [["a|b", "1.0"]], (False, True))], "t"
+    )
+    assert "&lt;script&gt;" in page and "<code>code</code>" in page and "<strong>bold</strong>" in page
+    assert "<td>a|b</td><td class=num>1.0</td>" in page
+
+
+def test_compute_counters_are_scaled_to_the_last_step(tmp_path):
+    # Lightning logged the counters last at step 99 (100 steps done) of a 120-step run: scale by 120 / 100.
+    cell_dir = tmp_path / "cells" / "2l" / "long" / "xpert" / "seed0"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "cell.json").write_text(json.dumps({"status": "done", "steps": 120, "seed": 0}))
+    header = "epoch,step,train/tokens,train/student_flops,train/teacher_flops,val/loss\n"
+    (cell_dir / "metrics.csv").write_text(header + "0,49,800,4800,0,\n0,99,1600,9600,0,\n0,120,,,,3.5\n")
+    cell = read_cell(cell_dir)
+    assert cell.usable and cell.extrapolated
+    assert (cell.tokens, cell.student_flops, cell.teacher_flops) == (1920.0, 11520.0, 0.0)
+    assert (cell.method, cell.seed, cell.final) == ("xpert", 0, {"val/loss": 3.5})
+
+
+def test_seed_band_averages_seeds_on_shared_steps():
+    steps, mean, low, high = seed_band([([0, 10, 20], [4.0, 3.0, 2.0]), ([0, 5, 20], [5.0, 4.0, 3.0])])
+    # Seed 1 has no validation at step 10: interpolated between 4.0 (step 5) and 3.0 (step 20) -> 3.6667.
+    assert steps.tolist() == [0, 5, 10, 20]
+    assert mean == pytest.approx([4.5, (3.5 + 4.0) / 2, (3.0 + 11 / 3) / 2, 2.5])
+    assert low.tolist() == pytest.approx([4.0, 3.5, 3.0, 2.0]) and high.tolist() == pytest.approx(
+        [5.0, 4.0, 11 / 3, 3.0]
+    )

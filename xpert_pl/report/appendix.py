@@ -1,0 +1,171 @@
+"""The report's provenance: activation heatmaps, selection, source MoE, knowledge bank, statistics used, package
+versions, the experiment matrix and the exact configs."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from xpert_pl.report.render import Block, Bullets, Code, Figure, Heading, Paragraph, Table
+from xpert_pl.report.runs import RunsDir, curve, read_metrics_csv
+from xpert_pl.report.stats import MIN_SEEDS
+
+PACKAGES = ("torch", "lightning", "transformers", "tensorly", "lm_eval", "datasets", "numpy", "scipy", "matplotlib")
+SOURCE_FIELDS = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "moe_intermediate_size",
+    "num_experts",
+    "num_local_experts",
+    "n_routed_experts",
+    "num_experts_per_tok",
+)
+
+
+def activation_section(runs: RunsDir, figures: Path, layer_heatmaps: bool = False) -> list[Block]:
+    """The analysis' consistency and selection-vs-n figures (copied next to the report), and the selection."""
+    heatmaps = runs.root / "shared" / "analysis" / "heatmaps"
+    patterns = ["consistency*.png", "selection_vs_n*.png", *(["layer_*.png"] if layer_heatmaps else [])]
+    sources = [p for pattern in patterns for p in sorted(heatmaps.glob(pattern))] if heatmaps.is_dir() else []
+    blocks: list[Block] = [Heading(2, "Expert activation")]
+    for source in sources:
+        target = figures / f"activation_{source.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        blocks.append(Figure(target, f"`shared/analysis/heatmaps/{source.name}`"))
+    blocks += _selection_blocks(runs.root / "shared" / "analysis" / "selection.json")
+    return blocks if len(blocks) > 1 else []
+
+
+def _selection_blocks(path: Path) -> list[Block]:
+    selection = _read_json(path)
+    if not selection:
+        return []
+    text = (
+        f"Selection: strategy `{selection.get('strategy')}`, n = {selection.get('n')} of "
+        f"{selection.get('num_experts')} experts (top-{selection.get('top_k')} routing); "
+        f"score: {selection.get('score')}."
+    )
+    rows = [
+        [str(layer.get("layer")), str(layer.get("experts")), ", ".join(f"{w:.3f}" for w in layer.get("weights", []))]
+        for layer in selection.get("layers", [])
+    ]
+    return [Paragraph(text), Table(["layer", "selected experts", "weights"], rows, (True, False, False))]
+
+
+def statistics_notes(n_resamples: int, seed: int) -> list[Block]:
+    items = [
+        "Every number comes from cells whose `cell.json` says `done`; the others are listed under Runs, "
+        "never averaged.",
+        "Spread: mean ± sample standard deviation (ddof = 1) over seeds.",
+        "Paired comparisons use the seeds both methods have (same weights seed and data order): mean difference, "
+        f"95% percentile bootstrap CI of the mean difference ({n_resamples:,} resamples, "
+        f"`numpy.random.default_rng({seed})`), two-sided paired t-test (`scipy.stats.ttest_rel`).",
+        f"A CI and a test need at least {MIN_SEEDS} paired seeds; with fewer the report says 'too few seeds'.",
+        "Verdicts read the CI: better or worse when it excludes 0, not distinguishable when it includes 0.",
+    ]
+    return [Heading(3, "Statistics used"), Bullets(items)]
+
+
+def source_section(runs: RunsDir) -> list[Block]:
+    """The source MoE's architecture (its HF config) and final validation loss."""
+    config = _read_json(runs.root / "shared" / "source" / "hf" / "config.json")
+    if not config:
+        return []
+    items = [f"`{k}`: {config[k]}" for k in SOURCE_FIELDS if config.get(k) is not None]
+    metrics = runs.root / "shared" / "source" / "metrics.csv"
+    if metrics.is_file():
+        steps, values = curve(read_metrics_csv(metrics), "val/loss")
+        if steps:
+            items.append(f"final validation loss: {values[-1]:.4f} at step {steps[-1]:g}")
+    return [Heading(3, "Source MoE"), Bullets(items)]
+
+
+def bank_section(runs: RunsDir) -> list[Block]:
+    """Tucker settings, ranks and relative reconstruction errors of the knowledge bank."""
+    manifest = _read_json(runs.root / "shared" / "bank" / "manifest.json")
+    if not manifest:
+        return []
+    tucker = manifest.get("tucker") or {}
+    settings = ", ".join(f"{k} = {tucker[k]}" for k in ("ranks", "energy", "algorithm") if k in tucker)
+    rows = []
+    for layer in manifest.get("layers", []):
+        for name, entry in (layer.get("matrices") or {}).items():
+            error = entry.get("relative_error")
+            rows.append(
+                [
+                    str(layer.get("layer")),
+                    str(layer.get("source_layers", "")),
+                    name,
+                    str(entry.get("shape")),
+                    str(entry.get("ranks")),
+                    "-" if error is None else f"{error:.4f}",
+                    str(entry.get("algorithm", "")),
+                ]
+            )
+    header = ["layer", "source layers", "matrix", "shape", "Tucker ranks", "relative error", "algorithm"]
+    return [
+        Heading(3, "Knowledge bank"),
+        Paragraph(f"Tucker: {settings}; grouping: {manifest.get('grouping')}."),
+        Table(header, rows, (True, False, False, False, False, True, False)),
+    ]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that matter, of Python and of the platform, where this report was written."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        versions[name] = _version(name)
+    return versions
+
+
+def _version(name: str) -> str:
+    for candidate in (name, name.replace("_", "-")):
+        try:
+            return metadata.version(candidate)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def environment_section() -> list[Block]:
+    rows = [[k, v] for k, v in package_versions().items()]
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    note = f"Written {date}, by the environment that wrote this report (the runs may have used another one)."
+    return [Heading(3, "Package versions"), Paragraph(note), Table(["package", "version"], rows)]
+
+
+def configs_section(runs: RunsDir) -> list[Block]:
+    """`matrix.yaml` verbatim, then per (scale, budget, method) the exact config and objective of its first seed."""
+    blocks: list[Block] = [Heading(3, "Experiment matrix and configs")]
+    if runs.matrix_text is not None:
+        blocks.append(Code(runs.matrix_text, "yaml", "matrix.yaml (verbatim)"))
+    else:
+        blocks.append(Paragraph("No `matrix.yaml` in the runs directory."))
+    seen: set[tuple[str, str, str]] = set()
+    for cell in sorted(runs.cells, key=lambda c: (not c.usable, c.scale, c.budget, c.method, c.seed)):
+        key = (cell.scale, cell.budget, cell.method)
+        config = cell.path / "config.yaml"
+        if key in seen or not config.is_file():
+            continue
+        seen.add(key)
+        where = f"{cell.scale}/{cell.budget}/{cell.method}/seed{cell.seed}"
+        blocks.append(Code(config.read_text(), "yaml", f"{where}/config.yaml (other seeds: their cell directories)"))
+        objective = _read_json(cell.path / "objective.json")
+        if objective:
+            blocks.append(Code(json.dumps(objective, indent=2), "json", f"{where}/objective.json"))
+    return blocks
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

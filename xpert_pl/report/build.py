@@ -1,0 +1,109 @@
+"""`xpert report <runs_dir>`: report.md, report.html (self-contained) and report.json from a matrix's runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from xpert_pl.artifacts import atomic_path
+from xpert_pl.report import appendix, sections
+from xpert_pl.report.analysis import Analysis
+from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
+from xpert_pl.report.runs import RunsDir, load_runs
+from xpert_pl.report.stats import BOOTSTRAP_SEED, N_BOOTSTRAP
+
+log = logging.getLogger(__name__)
+
+
+def write_report(
+    runs_dir: str,
+    out_dir: str | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
+    layer_heatmaps: bool = False,
+) -> Path:
+    """Write `report.md`, `report.html` (plots embedded, no external files) and `report.json` for a runs directory.
+
+    Args:
+        runs_dir: the `out_dir` of `xpert bench run` (holds `matrix.yaml`, `shared/`, `cells/`).
+        out_dir: where to write (default `<runs_dir>/report`); figures go to `<out_dir>/figures/`.
+        n_resamples: bootstrap resamples of the paired differences.
+        bootstrap_seed: seed of the bootstrap's generator.
+        layer_heatmaps: also embed the per-layer routing heatmaps (one figure per source layer).
+
+    Returns:
+        The path of `report.md`.
+    """
+    runs = load_runs(runs_dir)
+    out = Path(out_dir) if out_dir is not None else runs.root / "report"
+    analysis = Analysis(runs, n_resamples, bootstrap_seed)
+    blocks = build_blocks(analysis, out / "figures", layer_heatmaps)
+    title = f"XPERT report: {runs.root.resolve().name}"
+    report = out / "report.md"
+    _write_text(report, to_markdown(blocks, out))
+    _write_text(out / "report.html", to_html(blocks, title))
+    _write_text(out / "report.json", json.dumps(_finite(analysis.summary()), indent=2) + "\n")
+    log.info("report written to %s (and report.html, report.json)", report)
+    return report
+
+
+def build_blocks(analysis: Analysis, figures: Path, layer_heatmaps: bool = False) -> list[Block]:
+    """Every section of the report, in reading order (figures are written under `figures`)."""
+    runs = analysis.runs
+    blocks: list[Block] = [Heading(1, f"XPERT report: {runs.root.resolve().name}"), Paragraph(_overview(runs))]
+    blocks += sections.verdict_section(analysis)
+    blocks += sections.runs_section(runs)
+    for scale, budget in analysis.headline_groups():
+        blocks.append(Heading(2, f"Results: {scale}, budget {budget} ({_tokens(analysis, scale, budget)})"))
+        blocks += sections.final_loss_section(analysis, scale, budget, figures)
+        blocks += sections.paired_section(analysis, scale, budget)
+        blocks += sections.eval_section(analysis, scale, budget, "rougeL/", "Rouge-L after SFT (mean ± std)")
+        blocks += sections.eval_section(analysis, scale, budget, "lm_eval/", "lm-eval (mean ± std)")
+        blocks += sections.eval_section(analysis, scale, budget, "sft/lm_eval/", "lm-eval after SFT (mean ± std)")
+    blocks += sections.knowledge_section(analysis)
+    blocks += sections.convergence_section(analysis)
+    blocks += sections.effective_tokens_section(analysis)
+    blocks += sections.compute_section(analysis)
+    blocks += sections.curves_section(analysis, figures)
+    blocks += appendix.activation_section(runs, figures, layer_heatmaps)
+    blocks.append(Heading(2, "Appendix"))
+    blocks += appendix.statistics_notes(analysis.n_resamples, analysis.seed)
+    blocks += appendix.source_section(runs)
+    blocks += appendix.bank_section(runs)
+    blocks += appendix.environment_section()
+    blocks += appendix.configs_section(runs)
+    return blocks
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)  # a report is for sharing; the atomic temp file is created owner-only
+
+
+def _overview(runs: RunsDir) -> str:
+    usable = sum(c.usable for c in runs.cells)
+    left_out = len(runs.incomplete()) + len(runs.absent)
+    return (
+        f"From `{runs.root}`: {usable} usable cell(s), {left_out} missing or incomplete (listed under Runs and "
+        "excluded). Headline tables use each scale's largest token budget; `scratch` is the baseline, `xpert` is XPERT."
+    )
+
+
+def _tokens(analysis: Analysis, scale: str, budget: str) -> str:
+    tokens = analysis.runs.budget_tokens(scale, budget)
+    return f"{tokens:.4g} tokens" if tokens else "token budget unknown"
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as null: strict JSON has no spelling for them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,320 @@
+"""Reading a runs directory written by `xpert bench run`: cells, their curves, final metrics and compute.
+
+Layout (see `xpert_pl.experiments.runner`): `cells/<scale>/<budget>/<method>/seed<k>/` with `cell.json`,
+`metrics.csv`, `config.yaml`, `objective.json`, optionally `sft/` (Rouge-L summary, lm-eval results).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BASELINE = "scratch"
+XPERT = "xpert"
+
+Curve = tuple[list[float], list[float]]
+
+
+@dataclass
+class CellRun:
+    """One pre-training run of the matrix, as found on disk.
+
+    Attributes:
+        final: last value of every `val/loss*` metric; `rougeL/<set>` (SFT, mean over sampling seeds);
+            `lm_eval/<task>/<metric>` (and `sft/lm_eval/...` for the fine-tuned model).
+        tokens, student_flops, teacher_flops: the training counters at the last step (`extrapolated` when scaled
+            from an earlier logged step).
+        problem: why a run marked done cannot be used (e.g. no metrics.csv); None when it can.
+    """
+
+    scale: str
+    budget: str
+    method: str
+    seed: int
+    status: str
+    path: Path
+    steps: int | None = None
+    tokens_budget: int | None = None
+    wall_s: float | None = None
+    stage_wall_s: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, Curve] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)
+    tokens: float | None = None
+    student_flops: float | None = None
+    teacher_flops: float | None = None
+    extrapolated: bool = False
+    problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "done" and self.problem is None
+
+    @property
+    def val_curve(self) -> Curve:
+        return self.curves.get("val/loss", ([], []))
+
+    @property
+    def budget_tokens(self) -> float | None:
+        """Tokens the run was given: `tokens_budget`, else the tokens it saw, else its steps (a proxy)."""
+        for value in (self.tokens_budget, self.tokens, self.steps):
+            if value is not None:
+                return float(value)
+        return None
+
+
+@dataclass(frozen=True)
+class AbsentCell:
+    """A cell the matrix asks for that has no directory (never started)."""
+
+    scale: str
+    budget: str
+    method: str
+    seed: int
+
+
+@dataclass
+class RunsDir:
+    """Every cell of a runs directory, the matrix that made it, and lookups over the usable cells."""
+
+    root: Path
+    cells: list[CellRun]
+    absent: list[AbsentCell]
+    matrix_text: str | None
+    method_order: list[str]
+
+    def select(self, scale: str, budget: str, method: str) -> list[CellRun]:
+        """The usable runs of a (scale, budget, method), by seed."""
+        found = [c for c in self.cells if c.usable and (c.scale, c.budget, c.method) == (scale, budget, method)]
+        return sorted(found, key=lambda c: c.seed)
+
+    def scales(self) -> list[str]:
+        return list(dict.fromkeys(c.scale for c in self.cells))
+
+    def budgets(self, scale: str) -> list[str]:
+        """Budgets of a scale with usable runs, smallest token budget first."""
+        names = {c.budget for c in self.cells if c.usable and c.scale == scale}
+        return sorted(names, key=lambda b: (self.budget_tokens(scale, b), b))
+
+    def largest_budget(self, scale: str) -> str | None:
+        budgets = self.budgets(scale)
+        return budgets[-1] if budgets else None
+
+    def budget_tokens(self, scale: str, budget: str) -> float:
+        """Mean token budget of the usable runs of (scale, budget) (0 when unknown)."""
+        values = [c.budget_tokens for c in self.cells if c.usable and (c.scale, c.budget) == (scale, budget)]
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else 0.0
+
+    def methods(self, scale: str, budget: str) -> list[str]:
+        """Methods with usable runs at (scale, budget), scratch first, then XPERT, then the matrix's order."""
+        present = {c.method for c in self.cells if c.usable and (c.scale, c.budget) == (scale, budget)}
+        order = [BASELINE, XPERT, *self.method_order, *sorted(present)]
+        return [m for m in dict.fromkeys(order) if m in present]
+
+    def incomplete(self) -> list[CellRun]:
+        return sorted((c for c in self.cells if not c.usable), key=lambda c: self.order(c.scale, c.budget, c.method))
+
+    def order(self, scale: str, budget: str, method: str) -> tuple[Any, ...]:
+        """Sort key: scales as found, budgets by tokens, scratch, XPERT, then the matrix's method order."""
+        scales = self.scales()
+        ranks = {m: i for i, m in enumerate(dict.fromkeys([BASELINE, XPERT, *self.method_order]))}
+        return (
+            scales.index(scale) if scale in scales else len(scales),
+            self.budget_tokens(scale, budget),
+            budget,
+            ranks.get(method, len(ranks)),
+            method,
+        )
+
+
+def load_runs(runs_dir: str | Path) -> RunsDir:
+    """Read every cell under `<runs_dir>/cells`, and `matrix.yaml` for the cells that never started.
+
+    Raises:
+        FileNotFoundError: `runs_dir` has no `cells/` directory.
+    """
+    root = Path(runs_dir)
+    cells_dir = root / "cells"
+    if not cells_dir.is_dir():
+        raise FileNotFoundError(f"'{root}' has no cells/ directory; is it the out_dir of `xpert bench run`?")
+    cells = [read_cell(path) for path in sorted(cells_dir.glob("*/*/*/seed*")) if path.is_dir()]
+    matrix_file = root / "matrix.yaml"
+    matrix_text = matrix_file.read_text() if matrix_file.is_file() else None
+    matrix = _parse_matrix(matrix_text)
+    found = {(c.scale, c.budget, c.method, c.seed) for c in cells}
+    absent = [a for a in _expected_cells(matrix) if (a.scale, a.budget, a.method, a.seed) not in found]
+    return RunsDir(root, cells, absent, matrix_text, [str(m) for m in matrix.get("methods") or {}])
+
+
+def read_cell(path: Path) -> CellRun:
+    """One cell directory: its record, curves and final metrics (a problem is recorded, never raised)."""
+    scale, budget, method = path.parts[-4], path.parts[-3], path.parts[-2]
+    record = _read_json(path / "cell.json") or {}
+    cell = CellRun(
+        scale=str(record.get("scale", scale)),
+        budget=str(record.get("budget", budget)),
+        method=str(record.get("method", method)),
+        seed=int(record.get("seed", _seed_of(path.name))),
+        status=str(record.get("status", "no cell.json")),
+        path=path,
+        steps=record.get("steps"),
+        tokens_budget=record.get("tokens_budget"),
+        wall_s=record.get("wall_s"),
+        stage_wall_s=dict(record.get("stage_wall_s") or {}),
+    )
+    if cell.status == "done":
+        _read_results(cell)
+    elif record.get("failed_stage"):
+        cell.problem = f"failed in stage {record['failed_stage']}"
+    return cell
+
+
+def _read_results(cell: CellRun) -> None:
+    metrics = cell.path / "metrics.csv"
+    if not metrics.is_file():
+        cell.problem = "no metrics.csv"
+        return
+    rows = read_metrics_csv(metrics)
+    cell.curves = {k: curve(rows, k) for k in sorted({k for r in rows for k in r}) if k.startswith("val/loss")}
+    if not cell.val_curve[0]:
+        cell.problem = "no val/loss in metrics.csv"
+        return
+    cell.final = {k: values[-1] for k, (_, values) in cell.curves.items()}
+    _read_compute(cell, rows)
+    cell.final.update(read_rouge(cell.path / "sft"))
+    cell.final.update(read_lm_eval(cell.path, "lm_eval"))
+    cell.final.update(read_lm_eval(cell.path / "sft", "sft/lm_eval"))
+
+
+def _read_compute(cell: CellRun, rows: list[dict[str, float]]) -> None:
+    """Tokens and FLOPs at the end of the run, from the last logged counters.
+
+    Lightning logs step metrics every `log_every_n_steps`, so the last row may precede the last step: the counters
+    grow linearly with steps, so they are scaled by steps / (logged step + 1) and the cell marked `extrapolated`.
+    """
+    steps, tokens = curve(rows, "train/tokens")
+    counters = [last_value(rows, f"train/{part}_flops") for part in ("student", "teacher")]
+    factor = 1.0
+    if steps and cell.steps and steps[-1] + 1 < cell.steps:
+        factor, cell.extrapolated = cell.steps / (steps[-1] + 1), True
+    cell.tokens = tokens[-1] * factor if tokens else None
+    cell.student_flops, cell.teacher_flops = (None if c is None else c * factor for c in counters)
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """Rows of a CSVLogger file with empty (and non-numeric) cells dropped, values as floats."""
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: v for k, v in ((k, _float(v)) for k, v in row.items() if k) if v is not None} for row in rows]
+
+
+def curve(rows: list[dict[str, float]], name: str) -> Curve:
+    """(steps, values) of a metric in step order; a step logged twice (a resumed run) keeps its last value."""
+    by_step = {r["step"]: r[name] for r in rows if name in r and "step" in r}
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def last_value(rows: list[dict[str, float]], name: str) -> float | None:
+    """The value of `name` at its highest step, None when never logged."""
+    steps, values = curve(rows, name)
+    return values[-1] if steps else None
+
+
+def read_rouge(sft_dir: Path) -> dict[str, float]:
+    """`rougeL/<set>` -> the set's mean over sampling seeds, from the latest `rougeL_step<n>.json` under `sft_dir`."""
+    files = [p for p in sft_dir.rglob("rougeL_step*.json") if _step_of(p) is not None] if sft_dir.is_dir() else []
+    if not files:
+        return {}
+    summary = _read_json(max(files, key=lambda p: (_step_of(p), str(p)))) or {}
+    return {f"rougeL/{name}": float(s["mean"]) for name, s in (summary.get("sets") or {}).items() if "mean" in s}
+
+
+def read_lm_eval(directory: Path, prefix: str) -> dict[str, float]:
+    """`<prefix>/<task>/<metric>` from the latest `lm_eval*.json` in `directory` or its `lm_eval/` folder.
+
+    Accepts the kit's summary (`{"tasks": {task: {"metrics": {...}}}}`, written by `callbacks/lm_eval.py` as
+    `<log_dir>/lm_eval/lm_eval_step<n>.json`) and lm-eval's own `simple_evaluate` result
+    (`{"results": {task: {"acc,none": ...}}}`; stderrs dropped).
+    """
+    found = [*directory.glob("lm_eval*.json"), *directory.glob("lm_eval/lm_eval*.json")]
+    files = sorted(found, key=lambda p: (_step_of(p) or 0, p.name))
+    if not files:
+        return {}
+    data = _read_json(files[-1]) or {}
+    if isinstance(data.get("tasks"), dict):
+        per_task = {t: (e or {}).get("metrics") or {} for t, e in data["tasks"].items()}
+    else:
+        per_task = {t: _lm_eval_metrics(e) for t, e in (data.get("results") or {}).items()}
+    return {
+        f"{prefix}/{task}/{metric}": float(value)
+        for task, metrics in per_task.items()
+        for metric, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def _lm_eval_metrics(entry: dict[str, Any]) -> dict[str, Any]:
+    """'acc,none' -> 'acc', 'acc,flt' -> 'acc_flt'; stderrs and non-metric keys (alias) dropped."""
+    out = {}
+    for key, value in (entry or {}).items():
+        if "_stderr" in key or key == "alias":
+            continue
+        metric, _, filt = key.partition(",")
+        out[metric if filt in ("", "none") else f"{metric}_{filt}"] = value
+    return out
+
+
+def _parse_matrix(text: str | None) -> dict[str, Any]:
+    try:
+        parsed = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _expected_cells(matrix: dict[str, Any]) -> list[AbsentCell]:
+    """The cells `ExperimentMatrix.cells()` would run: every method at the largest budget, sweep methods at all."""
+    budgets, methods = matrix.get("budgets") or {}, [str(m) for m in matrix.get("methods") or {}]
+    if not budgets or not methods:
+        return []
+    largest = max(budgets, key=budgets.__getitem__)
+    sweep = [str(m) for m in matrix.get("sweep_methods", [BASELINE])]
+    return [
+        AbsentCell(str(scale), str(budget), method, int(seed))
+        for budget in budgets
+        for scale in matrix.get("scales") or {}
+        for seed in matrix.get("seeds") or []
+        for method in methods
+        if budget == largest or method in sweep
+    ]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in ("", None) else None
+    except ValueError:
+        return None
+
+
+def _seed_of(name: str) -> int:
+    match = re.fullmatch(r"seed(-?\d+)", name)
+    return int(match.group(1)) if match else -1
+
+
+def _step_of(path: Path) -> int | None:
+    match = re.search(r"step(\d+)", path.stem)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,377 @@
+"""The report's result sections as document blocks: verdict, runs, final metrics, paired comparisons, controls,
+convergence, effective tokens, compute and loss curves."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from xpert_pl.report.analysis import VAL_LOSS, Analysis
+from xpert_pl.report.plots import plot_final_bars, plot_loss_bands
+from xpert_pl.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
+from xpert_pl.report.runs import BASELINE, XPERT, CellRun, RunsDir
+from xpert_pl.report.stats import Paired, Spread, spread
+
+# Controls of "Knowledge or statistics?" and what a lower XPERT loss against each one shows.
+CONTROLS = {
+    "shuffled_xpert": "the learned function, not only the weight statistics, helps",
+    "spectrum_matched": "the learned function, not only the weights' singular-value spectrum, helps",
+    "norm_matched_scratch": "the learned function, not only the weights' scale, helps",
+    "untrained_source": "what the source MoE learned helps, not only its architecture and initialisation",
+    "random_experts": "choosing the consistently active experts helps, beyond transferring any experts",
+}
+
+
+# ---- formatting --------------------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_spread(result: Spread, digits: int = 4) -> str:
+    """'mean ± std'; one seed has no spread."""
+    if result.n == 0:
+        return "-"
+    return f"{result.mean:.{digits}f}" if result.n < 2 else f"{result.mean:.{digits}f} ± {result.std:.{digits}f}"
+
+
+def fmt_p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "n/a (constant differences)" if math.isnan(value) else f"{value:.3g}"
+
+
+def fmt_ci(result: Paired, digits: int = 4) -> str:
+    if result.ci_low is None or result.ci_high is None:
+        return "-"
+    return f"[{result.ci_low:+.{digits}f}, {result.ci_high:+.{digits}f}]"
+
+
+def paired_cells(result: Paired, digits: int = 4) -> list[str]:
+    """[seeds, mean difference, 95% CI, p] of a paired comparison."""
+    diff = "-" if result.n == 0 else f"{result.mean_diff:+.{digits}f}"
+    return [str(result.n), diff, fmt_ci(result, digits), fmt_p(result.p_value)]
+
+
+def fmt_reading(result: Paired) -> str:
+    return {"lower": "lower (CI excludes 0)", "higher": "higher (CI excludes 0)", "unclear": "CI includes 0"}.get(
+        result.direction, f"too few seeds ({result.n})"
+    )
+
+
+def metric_label(key: str) -> str:
+    if key == VAL_LOSS:
+        return "val loss (all)"
+    return key.replace("val/loss/", "val loss: ")
+
+
+def slug(*parts: str) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p) for p in parts)
+
+
+# ---- verdict -----------------------------------------------------------------------------------------------------
+
+
+def verdict_sentence(subject: str, other: str, result: Paired, where: str) -> str:
+    """A plain sentence: is `subject`'s final validation loss lower, higher or indistinguishable from `other`'s?"""
+    name = "XPERT" if subject == XPERT else f"`{subject}`"
+    other_name = "XPERT" if other == XPERT else f"`{other}`"
+    if result.direction == "too few seeds":
+        tail = f" XPERT is not shown to beat {other_name}." if subject == XPERT else ""
+        difference = "no paired seed" if result.n == 0 else f"mean difference {result.mean_diff:+.4f}"
+        return f"{where}: {name} vs {other_name}: too few seeds ({result.n} paired; {difference}).{tail}"
+    numbers = (
+        f"(mean difference {result.mean_diff:+.4f} nats/token, 95% CI {result.ci_low:+.4f} to {result.ci_high:+.4f}, "
+        f"p = {fmt_p(result.p_value)}, {result.n} seeds)"
+    )
+    tail = f" XPERT does not beat {other_name} here." if subject == XPERT else ""
+    lead = f"{where}: {name} is"
+    if result.direction == "lower":
+        return f"{lead} **better** than {other_name}: its final validation loss is lower {numbers}.{_caveat(result)}"
+    if result.direction == "higher":
+        text = f"{lead} **worse** than {other_name}: its final validation loss is higher {numbers}."
+        return text + _caveat(result) + tail
+    return f"{lead} **not distinguishable** from {other_name}: the CI includes 0 {numbers}.{tail}"
+
+
+def _caveat(result: Paired) -> str:
+    """Few seeds make the bootstrap CI narrow: say so when the t-test does not agree with it."""
+    if result.p_value is not None and result.p_value >= 0.05:
+        return f" The t-test does not confirm it at the 5% level (p = {fmt_p(result.p_value)}, {result.n} seeds)."
+    return ""
+
+
+def verdict_section(analysis: Analysis) -> list[Block]:
+    """XPERT against every other method, then every other method against scratch, at each scale's largest budget."""
+    items, not_beaten = [], []
+    for scale, budget in analysis.headline_groups():
+        methods, where = analysis.runs.methods(scale, budget), f"{scale}/{budget}"
+        for other in [m for m in methods if m != XPERT] if XPERT in methods else []:
+            result = analysis.compare(scale, budget, XPERT, other)
+            items.append(verdict_sentence(XPERT, other, result, where))
+            if result.direction != "lower":
+                not_beaten.append(f"`{other}` ({where}: {_direction_word(result)})")
+        if BASELINE in methods:
+            items += [
+                verdict_sentence(m, BASELINE, analysis.compare(scale, budget, m, BASELINE), where)
+                for m in methods
+                if m not in (XPERT, BASELINE)
+            ]
+    if not items:
+        items = ["No comparison possible: no scale has usable runs of scratch and another method."]
+    note = (
+        "Final validation loss at each scale's largest budget, paired by seed; "
+        "better/worse means the 95% bootstrap CI of the difference excludes 0."
+    )
+    blocks: list[Block] = [Heading(2, "Verdict"), Paragraph(note), Bullets(items)]
+    if not_beaten:
+        blocks.append(Paragraph("**Where XPERT does not beat a baseline:** " + "; ".join(not_beaten) + "."))
+    return blocks
+
+
+def _direction_word(result: Paired) -> str:
+    return {"higher": "worse", "unclear": "not distinguishable"}.get(result.direction, result.direction)
+
+
+# ---- runs --------------------------------------------------------------------------------------------------------
+
+
+def runs_section(runs: RunsDir) -> list[Block]:
+    """Seeds per cell group, and every cell left out of the numbers (not done, failed, unreadable, never started)."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for cell in runs.cells:
+        groups.setdefault((cell.scale, cell.budget, cell.method), [])
+        if cell.usable:
+            groups[(cell.scale, cell.budget, cell.method)].append(cell.seed)
+    ordered = sorted(groups.items(), key=lambda item: runs.order(*item[0]))
+    rows = [[s, b, m, str(len(seeds)), ", ".join(map(str, sorted(seeds)))] for (s, b, m), seeds in ordered]
+    blocks: list[Block] = [
+        Heading(2, "Runs"),
+        Table(["scale", "budget", "method", "seeds used", "seed ids"], rows, (False, False, False, True)),
+    ]
+    left_out = [[c.scale, c.budget, c.method, str(c.seed), c.status, c.problem or ""] for c in runs.incomplete()]
+    absent = sorted(runs.absent, key=lambda a: (runs.order(a.scale, a.budget, a.method), a.seed))
+    left_out += [[a.scale, a.budget, a.method, str(a.seed), "missing", "no cell directory"] for a in absent]
+    if left_out:
+        blocks += [
+            Heading(3, "Missing or incomplete cells"),
+            Paragraph(f"{len(left_out)} cell(s) are excluded from every number below (never averaged in)."),
+            Table(["scale", "budget", "method", "seed", "status", "problem"], left_out),
+        ]
+    return blocks
+
+
+# ---- final metrics and paired comparisons ------------------------------------------------------------------------
+
+
+def final_loss_section(analysis: Analysis, scale: str, budget: str, figures: Path) -> list[Block]:
+    """Mean ± std over seeds of the final validation loss, overall and per domain, and a bar chart."""
+    methods, keys = analysis.runs.methods(scale, budget), analysis.metric_keys(scale, budget, "val/loss")
+    keys = sorted(keys, key=lambda k: (k != VAL_LOSS, k))
+    rows = [
+        [m, str(analysis.spread(scale, budget, m).n), *[fmt_spread(analysis.spread(scale, budget, m, k)) for k in keys]]
+        for m in methods
+    ]
+    header = ["method", "seeds", *map(metric_label, keys)]
+    values = {m: list(analysis.values(scale, budget, m).values()) for m in methods}
+    path = plot_final_bars(values, figures / f"final_loss_{slug(scale, budget)}.png", f"{scale}, {budget}")
+    return [
+        Heading(3, "Final validation loss (mean ± std over seeds, nats/token)"),
+        Table(header, rows, (False, *[True] * (len(header) - 1))),
+        Figure(path, f"Final validation loss at {scale}/{budget}: bars are means, dots are seeds."),
+    ]
+
+
+def paired_section(analysis: Analysis, scale: str, budget: str) -> list[Block]:
+    """Every method minus scratch on every final metric, paired by seed."""
+    keys = sorted(analysis.metric_keys(scale, budget, ""), key=lambda k: (not k.startswith("val/"), k != VAL_LOSS, k))
+    rows = []
+    for method in analysis.runs.methods(scale, budget):
+        if method == BASELINE:
+            continue
+        for key in keys:
+            result = analysis.compare(scale, budget, method, BASELINE, key)
+            if result.n:
+                rows.append([method, metric_label(key), *paired_cells(result), fmt_reading(result)])
+    if not rows:
+        return []
+    header = ["method", "metric", "seeds", "mean diff (method - scratch)", "95% bootstrap CI", "paired t-test p"]
+    header.append("reading")
+    note = "Lower is better for losses; higher is better for Rouge-L and lm-eval accuracies."
+    return [
+        Heading(3, "Paired comparison with scratch (same seeds)"),
+        Paragraph(note),
+        Table(header, rows, (False, False, True, True, True, True, False)),
+    ]
+
+
+def eval_section(analysis: Analysis, scale: str, budget: str, prefix: str, title: str) -> list[Block]:
+    """Mean ± std over seeds of every metric under `prefix` (Rouge-L sets, lm-eval task metrics)."""
+    keys = analysis.metric_keys(scale, budget, prefix)
+    if not keys:
+        return []
+    methods = analysis.runs.methods(scale, budget)
+    rows = [
+        [k.removeprefix(prefix), *[fmt_spread(analysis.spread(scale, budget, m, k)) for m in methods]] for k in keys
+    ]
+    return [Heading(3, title), Table(["metric", *methods], rows, (False, *[True] * len(methods)))]
+
+
+# ---- knowledge or statistics -------------------------------------------------------------------------------------
+
+
+def control_sentence(control: str, loss: Paired, steps: Paired) -> str:
+    """The conclusion about one control that follows from the paired final-loss difference (XPERT - control)."""
+    if loss.direction == "too few seeds":
+        return f"`{control}`: too few seeds ({loss.n}) for a test."
+    claim = CONTROLS.get(control, "the transferred knowledge helps")
+    details = f"p = {fmt_p(loss.p_value)}, {loss.n} seeds"
+    if loss.direction == "lower":  # the CI of (control - XPERT), positive: the size of XPERT's advantage
+        numbers = f"(95% CI {-loss.ci_high:.4f} to {-loss.ci_low:.4f}, {details})"
+        text = f"XPERT's final loss is lower than `{control}`'s by {-loss.mean_diff:.4f} {numbers}: {claim}."
+    elif loss.direction == "higher":
+        numbers = f"(95% CI {loss.ci_low:.4f} to {loss.ci_high:.4f}, {details})"
+        text = (
+            f"XPERT's final loss is higher than `{control}`'s by {loss.mean_diff:.4f} {numbers}: the control does "
+            f"better, so this run gives no evidence that {claim}."
+        )
+    else:
+        numbers = f"(95% CI {loss.ci_low:+.4f} to {loss.ci_high:+.4f}, {details})"
+        text = (
+            f"XPERT's final loss differs from `{control}`'s by {loss.mean_diff:+.4f}, but the difference is not "
+            f"significant {numbers}; the CI includes 0: this run cannot tell knowledge from statistics."
+        )
+    if steps.direction in ("lower", "higher"):
+        word = "sooner" if steps.direction == "lower" else "later"
+        text += (
+            f" XPERT reaches scratch's final loss {word} ({steps.mean_diff:+.3f} of scratch's steps, CI excludes 0)."
+        )
+    return text
+
+
+def knowledge_section(analysis: Analysis) -> list[Block]:
+    """XPERT against each statistics-preserving control: final loss and steps-to-scratch-final, paired."""
+    blocks: list[Block] = []
+    for scale, budget in analysis.headline_groups():
+        methods = analysis.runs.methods(scale, budget)
+        controls = [c for c in CONTROLS if c in methods]
+        if XPERT not in methods or not controls:
+            continue
+        rows, sentences = [], []
+        for control in controls:
+            loss = analysis.compare(scale, budget, XPERT, control)
+            steps = analysis.compare_fractions(scale, budget, XPERT, control)
+            rows.append([control, *paired_cells(loss), *paired_cells(steps, 3)])
+            sentences.append(control_sentence(control, loss, steps))
+        header = ["control", "seeds", "Δ final loss (XPERT - control)", "95% CI", "p"]
+        header += ["seeds (both reached)", "Δ steps fraction", "95% CI", "p"]
+        blocks += [Heading(3, f"{scale}/{budget}"), Table(header, rows, (False, *[True] * 8)), Bullets(sentences)]
+    if not blocks:
+        return []
+    note = (
+        "Each control keeps some statistics of XPERT's weights but not what the source learned. Differences are "
+        "XPERT minus the control (negative: XPERT better); the steps fraction is the share of scratch's steps "
+        "needed to reach scratch's final loss, compared over the seeds where both reached it."
+    )
+    return [Heading(2, "Knowledge or statistics?"), Paragraph(note), *blocks]
+
+
+# ---- convergence, effective tokens, compute, curves --------------------------------------------------------------
+
+
+def convergence_section(analysis: Analysis) -> list[Block]:
+    """Per group: the fraction of scratch's steps each method needs to reach scratch's final validation loss."""
+    rows = []
+    for scale, budget in analysis.groups():
+        for method in analysis.runs.methods(scale, budget):
+            fractions = analysis.fractions(scale, budget, method)
+            reached = [f for f in fractions.values() if f is not None]
+            if not fractions:
+                continue
+            value = fmt_spread(spread(reached), 3) if reached else "not reached"
+            rows.append([scale, budget, method, value, f"{len(reached)}/{len(fractions)}"])
+    if not rows:
+        return []
+    note = (
+        "Per seed: the first step (linear interpolation between validations) at which the run reaches the final "
+        "validation loss of scratch's run with the same seed, divided by that scratch run's last validation step; "
+        "mean ± std over the seeds that reached it (a value below 1 means faster than scratch)."
+    )
+    header = ["scale", "budget", "method", "fraction of scratch's steps", "seeds reached"]
+    return [Heading(2, "Convergence"), Paragraph(note), Table(header, rows, (False, False, False, True, True))]
+
+
+def effective_tokens_section(analysis: Analysis) -> list[Block]:
+    """The scratch token budget each method's mean final loss is worth, and the multiplier over its own budget."""
+    rows = []
+    for scale in analysis.runs.scales():
+        for budget in analysis.runs.budgets(scale):
+            for method in analysis.runs.methods(scale, budget):
+                tokens, worth = analysis.budget_tokens(scale, budget, method), analysis.worth(scale, budget, method)
+                loss = analysis.spread(scale, budget, method)
+                worth_text = "-" if worth is None else f"{worth.relation} {worth.tokens:.4g}".replace("= ", "")
+                multiplier = "-" if worth is None or not tokens else worth.multiplier(tokens)
+                rows.append(
+                    [scale, budget, method, f"{tokens:.4g}" if tokens else "-", fmt(loss.mean), worth_text, multiplier]
+                )
+    if not rows:
+        return []
+    note = (
+        "Scratch's mean final validation loss is interpolated piecewise-linearly against log(tokens) across the "
+        "budgets of the same scale; a method's mean final loss at budget B is worth T scratch tokens, and the "
+        "multiplier is T / B. Outside scratch's range only a bound is known (> or <)."
+    )
+    header = ["scale", "budget", "method", "tokens (B)", "mean final loss", "worth scratch tokens (T)", "T / B"]
+    return [Heading(2, "Effective-token multiplier"), Paragraph(note), Table(header, rows, (False,) * 3 + (True,) * 4)]
+
+
+def compute_section(analysis: Analysis) -> list[Block]:
+    """Tokens, wall time and FLOPs (student, teacher for distillation, total), means over seeds."""
+    rows = [
+        [scale, budget, method, *_compute_cells(analysis.runs.select(scale, budget, method))]
+        for scale, budget in analysis.groups()
+        for method in analysis.runs.methods(scale, budget)
+    ]
+    if not rows:
+        return []
+    header = ["scale", "budget", "method", "seeds", "tokens seen", "wall time (s)"]
+    header += ["student FLOPs", "teacher FLOPs", "total FLOPs"]
+    note = (
+        "Means over seeds of the training counters at the last step (FLOPs: the model's training FLOPs per token "
+        "times tokens; the teacher's forward passes for distillation); wall time covers every stage of a cell "
+        "(pre-training, and SFT/evaluation when run). * = extrapolated from the last logged step."
+    )
+    return [Heading(2, "Compute"), Paragraph(note), Table(header, rows, (False,) * 3 + (True,) * 6)]
+
+
+def _compute_cells(cells: list[CellRun]) -> list[str]:
+    tokens, wall = _mean([c.tokens for c in cells]), _mean([c.wall_s for c in cells])
+    student, teacher = _mean([c.student_flops for c in cells]), _mean([c.teacher_flops for c in cells])
+    total = None if student is None else student + (teacher or 0.0)
+    mark = "*" if any(c.extrapolated for c in cells) else ""
+    counters = [_sci(v) + mark if v is not None else "-" for v in (tokens, student, teacher, total)]
+    return [str(len(cells)), counters[0], fmt(wall, 1), *counters[1:]]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3e}"
+
+
+def curves_section(analysis: Analysis, figures: Path) -> list[Block]:
+    """Validation loss against step per group: mean over seeds with a min-max band."""
+    blocks: list[Block] = [Heading(2, "Loss curves")]
+    for scale, budget in analysis.groups():
+        curves = {
+            m: [c.val_curve for c in analysis.runs.select(scale, budget, m)]
+            for m in analysis.runs.methods(scale, budget)
+        }
+        path = plot_loss_bands(curves, figures / f"val_loss_{slug(scale, budget)}.png", f"{scale}, {budget}")
+        blocks.append(Figure(path, f"Validation loss at {scale}/{budget}: mean over seeds, band = min to max."))
+    return blocks if len(blocks) > 1 else []

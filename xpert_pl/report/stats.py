@@ -1,0 +1,162 @@
+"""Statistics of the report: spread over seeds, paired comparisons, convergence and effective tokens.
+
+Every comparison is paired by seed (the matrix gives every method of a seed the same weights seed and data
+order). Conventions: standard deviations are sample ones (ddof=1); differences are `a - b`; the bootstrap CI is
+the percentile interval of 10,000 resampled mean differences drawn with `numpy.random.default_rng(0)`; the p-value
+is the two-sided paired t-test `scipy.stats.ttest_rel(a, b)`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BOOTSTRAP = 10_000
+BOOTSTRAP_SEED = 0
+MIN_SEEDS = 2
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (NaN for one value) of `n` values."""
+
+    n: int
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison `a - b` over the seeds both sides have.
+
+    Attributes:
+        ci_low, ci_high, p_value: None with fewer than `MIN_SEEDS` pairs (NaN p-value when every difference is
+            the same: the t statistic is undefined).
+    """
+
+    seeds: tuple[int, ...]
+    mean_diff: float
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def direction(self) -> str:
+        """'lower' or 'higher' when the CI excludes 0, 'unclear' when it includes 0, 'too few seeds' without a CI."""
+        if self.ci_low is None or self.ci_high is None:
+            return "too few seeds"
+        if self.ci_high < 0:
+            return "lower"
+        return "higher" if self.ci_low > 0 else "unclear"
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Mean and sample standard deviation over seeds."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return Spread(0, math.nan, math.nan)
+    std = float(array.std(ddof=1)) if array.size > 1 else math.nan
+    return Spread(int(array.size), float(array.mean()), std)
+
+
+def bootstrap_ci(
+    diffs: Sequence[float], n_resamples: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `diffs`: resample the pairs with replacement `n_resamples` times."""
+    array = np.asarray(diffs, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = array[rng.integers(0, array.size, size=(n_resamples, array.size))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired(
+    a: Mapping[int, float], b: Mapping[int, float], n_resamples: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED
+) -> Paired:
+    """Compare `a - b` over the seeds both have (seed -> value): mean difference, bootstrap CI, paired t-test."""
+    from scipy import stats
+
+    seeds = tuple(sorted(set(a) & set(b)))
+    x, y = np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
+    mean_diff = float((x - y).mean()) if seeds else math.nan
+    if len(seeds) < MIN_SEEDS:
+        return Paired(seeds, mean_diff, None, None, None)
+    low, high = bootstrap_ci(x - y, n_resamples, seed)
+    # Constant differences (up to float rounding): the t statistic divides by a zero standard error and scipy
+    # would return NaN, or a meaningless tiny p-value from rounding noise.
+    diffs = x - y
+    constant = float(np.ptp(diffs)) <= 1e-12 * max(1.0, float(np.abs(diffs).max()))
+    p_value = math.nan if constant else float(stats.ttest_rel(x, y).pvalue)
+    return Paired(seeds, mean_diff, low, high, p_value)
+
+
+def crossing_step(steps: Sequence[float], values: Sequence[float], target: float) -> float | None:
+    """The first step at which a curve reaches `target` or below, linearly interpolated between points.
+
+    None when it never does.
+    """
+    for i, (step, value) in enumerate(zip(steps, values, strict=True)):
+        if value <= target:
+            if i == 0:
+                return float(step)
+            prev_step, prev_value = steps[i - 1], values[i - 1]
+            return float(prev_step + (prev_value - target) / (prev_value - value) * (step - prev_step))
+    return None
+
+
+def steps_fraction(
+    method: tuple[Sequence[float], Sequence[float]], scratch: tuple[Sequence[float], Sequence[float]]
+) -> float | None:
+    """Fraction of scratch's steps (its last validation step) the method needs to reach scratch's final loss."""
+    scratch_steps, scratch_values = scratch
+    if not scratch_steps or scratch_steps[-1] <= 0:
+        return None
+    step = crossing_step(*method, target=scratch_values[-1])
+    return None if step is None else step / scratch_steps[-1]
+
+
+@dataclass(frozen=True)
+class Worth:
+    """The scratch tokens a loss is worth: `relation` is '=' inside scratch's range, '>' or '<' outside it."""
+
+    tokens: float
+    relation: str
+
+    def multiplier(self, budget: float) -> str:
+        """`tokens / budget` as text, e.g. '1.84x', '> 2.00x', '< 0.50x'."""
+        value = self.tokens / budget
+        return f"{value:.2f}x" if self.relation == "=" else f"{self.relation} {value:.2f}x"
+
+
+def scratch_tokens_worth(scratch: Sequence[tuple[float, float]], loss: float) -> Worth | None:
+    """Tokens scratch would need to reach `loss`: its final losses interpolated piecewise-linearly in log(tokens).
+
+    Args:
+        scratch: (tokens, final loss) of scratch at each budget.
+        loss: the final loss to value.
+
+    The first segment (from the smallest budget up) that brackets `loss` is used. Below scratch's lowest loss the
+    answer is a lower bound ('>' the largest budget), above its highest an upper bound ('<' the smallest).
+    """
+    points = sorted((t, v) for t, v in scratch if t > 0 and math.isfinite(v))
+    if not points or not math.isfinite(loss):
+        return None
+    for (t0, v0), (t1, v1) in itertools.pairwise(points):
+        if min(v0, v1) <= loss <= max(v0, v1):
+            if v0 == v1:
+                return Worth(t0, "=")
+            log_t = math.log(t0) + (loss - v0) / (v1 - v0) * (math.log(t1) - math.log(t0))
+            return Worth(math.exp(log_t), "=")
+    if len(points) == 1 and loss == points[0][1]:
+        return Worth(points[0][0], "=")
+    best = min(points, key=lambda p: p[1])
+    return Worth(max(t for t, _ in points), ">") if loss < best[1] else Worth(min(t for t, _ in points), "<")
