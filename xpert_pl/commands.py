@@ -133,6 +133,8 @@ def extract(
     out_dir: str = "runs/bank",
     consolidator: TuckerConsolidator | None = None,
     trust_remote_code: bool = False,
+    group_layers: int | None = None,
+    dry_run: bool = False,
 ) -> None:
     """Stack the selected experts per layer and matrix, Tucker-decompose them, and save the knowledge bank.
 
@@ -141,27 +143,40 @@ def extract(
             without loading the model, or a hub id when online (the model is loaded).
         selection: selection.json written by `xpert analyze`.
         out_dir: directory of the knowledge bank (bank.safetensors + manifest.json), written atomically.
-        consolidator: Tucker settings (ranks as absolute sizes or fractions per mode).
+        consolidator: Tucker settings: ranks (absolute, fractions per mode, or null for energy-chosen), energy
+            threshold, algorithm (`auto` takes the ST-HOSVD fast path for large tensors).
         trust_remote_code: allow the checkpoint's own Python code to run.
+        group_layers: build the bank from G groups of contiguous selected layers, each decomposed once as the
+            stack of all its layers' selected experts (bank layers 0..G-1, for the `grouped` depth strategy);
+            None: one bank layer per selected layer.
+        dry_run: validate the inputs, print per layer (or group) and matrix the stacked shape, ranks, algorithm
+            and memory, read from the weight files' headers, and stop: nothing is decomposed or written.
     """
+    from xpert_pl.bank import format_plan, plan_extraction
     from xpert_pl.checkpoint import CheckpointExperts, has_safetensors_weights
 
     if not Path(selection).is_file():
         raise FileNotFoundError(f"selection '{selection}' not found; run `xpert analyze` first")
+    consolidator = consolidator or TuckerConsolidator()
     if Path(model).is_dir() and has_safetensors_weights(model):
         # Read only the selected experts' tensors: a large source never has to fit in memory.
         source = CheckpointExperts(model)
-        fingerprint = source.fingerprint()
     else:
         if Path(model).is_dir():
             log.warning("%s has no safetensors weights; loading the whole model to read its experts", model)
         source = load_causal_lm(model, trust_remote_code=trust_remote_code)
-        fingerprint = model_fingerprint(source)
+    if dry_run:
+        print(format_plan(plan_extraction(source, selection, consolidator, group_layers)))
+        fate = "exists and would be replaced" if Path(out_dir).exists() else "would be created"
+        print(f"dry run: nothing was decomposed or written ({out_dir} {fate})")
+        return
+    fingerprint = source.fingerprint() if isinstance(source, CheckpointExperts) else model_fingerprint(source)
     bank = extract_bank(
         source,
         selection,
-        consolidator or TuckerConsolidator(),
+        consolidator,
         source_description={"model": str(model), "model_fingerprint": fingerprint},
+        group_layers=group_layers,
     )
     bank.save(out_dir)
     log.info("knowledge bank written to %s", Path(out_dir).resolve())

@@ -53,6 +53,12 @@ def selection() -> dict:
 
 
 @pytest.fixture(scope="session")
+def selection_of():
+    """`make_selection`, for tests that need a selection of their own size."""
+    return make_selection
+
+
+@pytest.fixture(scope="session")
 def small_bank(olmoe) -> KnowledgeBank:
     """A bank of the first two source layers at truncated ranks (few HOOI sweeps keep it fast)."""
     selection = make_selection()

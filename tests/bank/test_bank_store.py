@@ -60,6 +60,10 @@ def test_save_load_round_trip(small_bank, tmp_path):
     assert set(record["matrices"]) == set(MATRICES)
     assert record["matrices"]["gate"]["ranks"] == [32, 16, 2]
     assert record["matrices"]["gate"]["relative_error"] == loaded.entry(0, "gate").factors.relative_error
+    assert record["matrices"]["gate"]["algorithm"] == "hooi" == loaded.entry(0, "gate").factors.algorithm
+    assert "energy" not in record["matrices"]["gate"]
+    assert record["source_layers"] == [0] and record["expert_layers"] == [0, 0]
+    assert manifest["tucker"]["algorithm"] == "auto" and manifest["grouping"] is None
     assert loaded.entry(0, "up").expert_norm == pytest.approx(small_bank.entry(0, "up").expert_norm)
 
 
@@ -86,23 +90,58 @@ def test_manifest_and_tensors_must_agree(small_bank, tmp_path):
         KnowledgeBank.load(out)
 
 
-@pytest.mark.parametrize("target", ["save_tensors", "write_json"])
+def test_energy_ranks_are_recorded_per_entry(olmoe, selection, tmp_path):
+    selection["layers"] = selection["layers"][:1]
+    consolidator = TuckerConsolidator(ranks=[None, 0.5, 1.0], energy=0.8, n_iter_max=3)
+    bank = extract_bank(olmoe, selection, consolidator, progress=False)
+    entry = bank.entry(0, "gate").factors
+    assert entry.ranks[1:] == (16, 2) and entry.ranks[0] < 64  # gate is 64 x 32; mode 0 chosen by energy
+    loaded = KnowledgeBank.load(bank.save(tmp_path / "bank"))
+    record = loaded.manifest["layers"][0]["matrices"]["gate"]
+    assert record["energy"] == 0.8 and record["mode_energy"] == entry.mode_energy
+    assert record["mode_energy"][0] >= 0.8 and record["mode_energy"][1:] == [None, None]
+    assert loaded.entry(0, "gate").factors.ranks == entry.ranks and loaded.entry(0, "gate").factors.energy == 0.8
+    assert loaded.manifest["tucker"]["energy"] == 0.8 and loaded.manifest["tucker"]["ranks"] == [None, 0.5, 1.0]
+
+
+def _fail_on_call(monkeypatch, target: str, calls: int = 1) -> None:
+    """Make `store.<target>` raise on its `calls`-th call (earlier calls run the real function)."""
+    real, seen = getattr(store, target), []
+
+    def fail(*args, **kwargs):
+        seen.append(1)
+        if len(seen) >= calls:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, target, fail)
+
+
+# Each target runs at a different point of `save`: before the tensors exist, after they are written, and when
+# the manifest is written last.
+TARGETS = ["save_tensors", "sha256_file", "write_json"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_interrupted_save_leaves_nothing(small_bank, tmp_path, monkeypatch, target):
-    def boom(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(store, target, boom)
-    with pytest.raises(RuntimeError, match="disk full"):
-        small_bank.save(tmp_path / "bank")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_interrupted_save_keeps_the_previous_bank(small_bank, tmp_path, monkeypatch):
-    out = small_bank.save(tmp_path / "bank")
-    before = (out / "manifest.json").read_text()
-    monkeypatch.setattr(store, "write_json", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    _fail_on_call(monkeypatch, target)
     with pytest.raises(RuntimeError, match="killed"):
-        small_bank.save(out)
-    assert (out / "manifest.json").read_text() == before
+        small_bank.save(tmp_path / "bank")
+    assert list(tmp_path.iterdir()) == []  # no bank and no temporary sibling
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_interrupted_save_keeps_the_previous_bank(small_bank, olmoe, selection, tmp_path, monkeypatch, target):
+    out = small_bank.save(tmp_path / "bank")
+    before = {name: (out / name).read_bytes() for name in ("manifest.json", "bank.safetensors")}
+    selection["layers"] = selection["layers"][2:3]
+    other = extract_bank(olmoe, selection, TuckerConsolidator(ranks=[4, 4, 1], n_iter_max=2), progress=False)
+    _fail_on_call(monkeypatch, target)
+    with pytest.raises(RuntimeError, match="killed"):
+        other.save(out)
+    monkeypatch.undo()  # `load` checks the checksum with the real sha256_file
+    assert {name: (out / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
-    KnowledgeBank.load(out)
+    loaded = KnowledgeBank.load(out)
+    assert loaded.source_layers == [0, 1]
+    assert all(torch.equal(v, small_bank.tensors()[k]) for k, v in loaded.tensors().items())

@@ -140,7 +140,7 @@ def test_warm_start_from_exported_hf_directory(tmp_path):
 
 def test_test_loss_is_reported_per_named_test_set():
     class TwoTestSets(L.LightningDataModule):
-        test_names = ["dollyeval", "superni_test"]
+        test_names = ("dollyeval", "superni_test")
 
         def test_dataloader(self):
             return [DataLoader(_batches(2, seed=3), batch_size=None), DataLoader(_batches(1, seed=4), batch_size=None)]

@@ -1,23 +1,34 @@
-"""Build a knowledge bank from a source MoE and a selection (DESIGN.md sections 2-3)."""
+"""Build a knowledge bank from a source MoE and a selection (DESIGN.md sections 2-3), or plan one (dry run).
+
+Depth grouping (DESIGN.md section 5, "group the source layers ... into one tensor before Tucker"): with
+`group_layers=G` the selected layers, ascending, are split into G contiguous near-equal groups (as
+`numpy.array_split`); each group's selected experts are stacked along the expert mode and decomposed once, and
+the bank's layers are the group indices 0..G-1.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
 from xpert_pl.bank.store import BankEntry, KnowledgeBank
 from xpert_pl.bank.tucker import TuckerConsolidator
-from xpert_pl.checkpoint import CheckpointExperts
+from xpert_pl.checkpoint import CheckpointError, CheckpointExperts
 from xpert_pl.experts import MATRICES, moe_layers, stack_experts
 from xpert_pl.families import config_dict, family_of
+
+# Upper bound of one tensor's entry in the safetensors JSON header (name, dtype, shape, offsets).
+_HEADER_BYTES_PER_TENSOR = 160
 
 
 def read_selection(selection: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
@@ -27,8 +38,39 @@ def read_selection(selection: str | os.PathLike | dict[str, Any]) -> dict[str, A
     return json.loads(Path(selection).read_text())
 
 
+def group_source_layers(layers: Sequence[int], group_layers: int | None = None) -> dict[int, list[int]]:
+    """Bank layer -> the source layers it is built from.
+
+    Without grouping every layer is its own bank layer ({l: [l]}). With `group_layers=G` the layers, ascending,
+    are split into G contiguous groups whose sizes differ by at most one, the larger ones first (as
+    `numpy.array_split`), keyed 0..G-1: 5 layers in 2 groups give {0: [l0, l1, l2], 1: [l3, l4]}.
+    """
+    layers = sorted(layers)
+    if group_layers is None:
+        return {layer: [layer] for layer in layers}
+    if isinstance(group_layers, bool) or not 1 <= group_layers <= len(layers):
+        raise ValueError(
+            f"group_layers must lie in [1, {len(layers)}] (the number of selected layers {layers}), got {group_layers}"
+        )
+    size, extra = divmod(len(layers), group_layers)
+    groups, start = {}, 0
+    for group in range(group_layers):
+        stop = start + size + (1 if group < extra else 0)
+        groups[group] = layers[start:stop]
+        start = stop
+    return groups
+
+
+@dataclass
+class _LayerChoice:
+    """The selected experts of one source layer and their weights (float64, summing to 1)."""
+
+    experts: list[int]
+    weights: torch.Tensor
+
+
 def _checked_weights(record: dict[str, Any], num_experts: int) -> torch.Tensor:
-    """The record's expert weights as a float32 tensor, validated and renormalised to sum to exactly 1."""
+    """The record's expert weights as a float64 tensor, validated and renormalised to sum to exactly 1."""
     ids, weights = record["experts"], record.get("weights")
     layer = record["layer"]
     if not ids or len(set(ids)) != len(ids) or any(not 0 <= e < num_experts for e in ids):
@@ -38,15 +80,33 @@ def _checked_weights(record: dict[str, Any], num_experts: int) -> torch.Tensor:
     if len(weights) != len(ids) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"selection layer {layer}: weights {weights} must be {len(ids)} non-negative numbers")
     w = torch.tensor(weights, dtype=torch.float64)
-    return (w / w.sum()).float()
+    return w / w.sum()
+
+
+def _checked_selection(selection: dict[str, Any], num_experts: dict[int, int]) -> dict[int, _LayerChoice]:
+    """Source layer -> its validated choice, ascending; unknown or repeated layers raise ValueError."""
+    chosen: dict[int, _LayerChoice] = {}
+    for record in selection["layers"]:
+        layer = int(record["layer"])
+        if layer not in num_experts:
+            raise ValueError(f"selection names layer {layer} but the source's MoE layers are {sorted(num_experts)}")
+        if layer in chosen:
+            raise ValueError(f"selection names layer {layer} more than once")
+        ids = [int(e) for e in record["experts"]]
+        chosen[layer] = _LayerChoice(ids, _checked_weights(record, num_experts[layer]))
+    if not chosen:
+        raise ValueError("the selection has no layers")
+    return dict(sorted(chosen.items()))
 
 
 @dataclass
 class _ExpertSource:
-    """What extraction needs of a source, live or on disk: routed experts per MoE layer and a stacking reader."""
+    """What extraction needs of a source, live or on disk: routed experts per MoE layer, a stacking reader and
+    the (d1, d2) shape of each layer's matrices."""
 
     num_experts: dict[int, int]
     stack: Callable[[int, list[int], str], torch.Tensor]
+    matrix_shape: Callable[[int, str], tuple[int, int]]
     summary: dict[str, Any]
 
 
@@ -59,6 +119,7 @@ def _expert_source(source: nn.Module | CheckpointExperts) -> _ExpertSource:
         config, family = source.config, source.family
         num_experts = dict.fromkeys(source.moe_layer_indices(), source.num_experts)
         stack = source.stack_experts
+        matrix_shape = _HeaderShapes(source)
     else:
         config = config_dict(source.config)
         family = family_of(config)
@@ -68,12 +129,64 @@ def _expert_source(source: nn.Module | CheckpointExperts) -> _ExpertSource:
         def stack(layer: int, ids: list[int], matrix: str) -> torch.Tensor:
             return stack_experts(layers[layer].experts, ids, matrix)
 
+        def matrix_shape(layer: int, matrix: str) -> tuple[int, int]:
+            return tuple(stack(layer, [0], matrix).shape[:2])  # one expert, already in memory
+
     summary = {k: config.get(k) for k in _SUMMARY_KEYS}
     # The expert count lives under a family-specific field; the manifest names it uniformly.
     summary["num_experts"] = family.num_experts(config)
     summary["moe_intermediate_size"] = config.get("moe_intermediate_size")
     summary["moe_layers"] = sorted(num_experts)
-    return _ExpertSource(num_experts, stack, summary)
+    return _ExpertSource(num_experts, stack, matrix_shape, summary)
+
+
+class _HeaderShapes:
+    """(d1, d2) of an expert matrix of a checkpoint, from its safetensors headers alone (no tensor data read)."""
+
+    def __init__(self, checkpoint: CheckpointExperts):
+        self.checkpoint = checkpoint
+        self._shapes: dict[str, list[int]] | None = None
+
+    def __call__(self, layer: int, matrix: str) -> tuple[int, int]:
+        shapes = self._read() if self._shapes is None else self._shapes
+        family = self.checkpoint.family
+        key = next((k for k in family.per_expert_keys(layer, 0, matrix) if k in shapes), None)
+        if key is not None:
+            return tuple(shapes[key])
+        # Fused layout, as `CheckpointExperts` reads it: gate_up (E, 2I, H) holds gate then up; down is (E, H, I).
+        fused = next((pair for pair in family.fused_key_pairs(layer) if set(pair) <= shapes.keys()), None)
+        if fused is None:
+            raise CheckpointError(f"{self.checkpoint.path}: no tensor holds the {matrix} experts of layer {layer}")
+        if matrix == "down":
+            return tuple(shapes[fused[1]][1:])
+        _, rows, cols = shapes[fused[0]]
+        return rows // 2, cols
+
+    def _read(self) -> dict[str, list[int]]:
+        self._shapes = {}
+        for name in self.checkpoint.weight_files:
+            path = self.checkpoint.path / name
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    names = handle.keys()  # a safetensors handle is not iterable itself
+                    self._shapes.update({key: handle.get_slice(key).get_shape() for key in names})
+            except SafetensorError as err:
+                raise CheckpointError(f"corrupt or truncated safetensors file '{path}': {err}") from err
+        return self._shapes
+
+
+def _consolidate(
+    reader: _ExpertSource,
+    chosen: dict[int, _LayerChoice],
+    layers: list[int],
+    matrix: str,
+    consolidator: TuckerConsolidator,
+) -> BankEntry:
+    """Stack the chosen experts of `layers` for `matrix` along the expert mode and Tucker-decompose them."""
+    stacked = torch.cat([reader.stack(layer, chosen[layer].experts, matrix) for layer in layers], dim=-1)
+    # Mean Frobenius norm of the stacked experts: the default rescaling target of the collapse.
+    norm = float(torch.linalg.vector_norm(stacked, dim=(0, 1), dtype=torch.float64).mean())
+    return BankEntry(factors=consolidator.decompose(stacked), expert_norm=norm)
 
 
 def extract_bank(
@@ -82,8 +195,9 @@ def extract_bank(
     consolidator: TuckerConsolidator,
     source_description: dict[str, Any] | None = None,
     progress: bool = True,
+    group_layers: int | None = None,
 ) -> KnowledgeBank:
-    """Stack the selected experts of every selected layer, per matrix, and Tucker-decompose them.
+    """Stack the selected experts of every selected layer (or layer group), per matrix, and Tucker-decompose them.
 
     Args:
         source: the source MoE of a supported family (see `xpert_pl.families`): a live Hugging Face model, or a
@@ -94,28 +208,170 @@ def extract_bank(
         source_description: JSON-able description of the source (e.g. the builder's `describe()`), stored in
             the manifest next to the model's config summary.
         progress: show a tqdm bar over layers.
+        group_layers: G groups of contiguous selected layers (see `group_source_layers`), each decomposed as one
+            stack of all its layers' experts; the group's weights are its layers' weights divided by the number
+            of layers (so they sum to 1), and the bank's layers are 0..G-1. None: one bank layer per source layer.
     """
     selection = read_selection(selection)
     reader = _expert_source(source)
-    entries, weights, experts = {}, {}, {}
-    for record in tqdm(selection["layers"], desc="extract bank", unit="layer", disable=not progress):
-        layer = int(record["layer"])
-        if layer not in reader.num_experts:
-            raise ValueError(
-                f"selection names layer {layer} but the source's MoE layers are {sorted(reader.num_experts)}"
-            )
-        ids = [int(e) for e in record["experts"]]
-        weights[layer] = _checked_weights(record, reader.num_experts[layer])
-        experts[layer] = ids
-        entries[layer] = {}
-        for matrix in MATRICES:
-            stacked = reader.stack(layer, ids, matrix)
-            # Mean Frobenius norm of the selected experts: the default rescaling target of the collapse.
-            norm = float(torch.linalg.matrix_norm(stacked.permute(2, 0, 1).double()).mean())
-            entries[layer][matrix] = BankEntry(factors=consolidator.decompose(stacked), expert_norm=norm)
+    chosen = _checked_selection(selection, reader.num_experts)
+    groups = group_source_layers(list(chosen), group_layers)
+    entries, weights, experts, expert_layers = {}, {}, {}, {}
+    for key, layers in tqdm(groups.items(), desc="extract bank", unit="layer", disable=not progress):
+        experts[key] = [e for layer in layers for e in chosen[layer].experts]
+        expert_layers[key] = [layer for layer in layers for _ in chosen[layer].experts]
+        weights[key] = (torch.cat([chosen[layer].weights for layer in layers]) / len(layers)).float()
+        entries[key] = {m: _consolidate(reader, chosen, layers, m, consolidator) for m in MATRICES}
+    grouping = None if group_layers is None else {"groups": len(groups), "source_layers": list(groups.values())}
     manifest = {
         "source": {**reader.summary, **(source_description or {})},
         "selection": selection,
         "tucker": consolidator.describe(),
+        "grouping": grouping,
     }
-    return KnowledgeBank(entries=entries, weights=weights, experts=experts, manifest=manifest)
+    return KnowledgeBank(
+        entries=entries,
+        weights=weights,
+        experts=experts,
+        manifest=manifest,
+        source_groups=groups,
+        expert_layers=expert_layers,
+    )
+
+
+@dataclass
+class PlannedDecomposition:
+    """One (bank layer, matrix) decomposition of a planned extraction, from shapes alone.
+
+    Attributes:
+        layer: the bank layer (source layer, or group index of a grouped bank).
+        source_layers: the source layers stacked into it.
+        matrix: gate, up or down.
+        shape: the stacked tensor's (d1, d2, n).
+        ranks: resolved ranks; for energy-chosen modes (`energy_modes`) the mode size, an upper bound.
+        energy_modes: modes whose rank the energy threshold will choose.
+        energy: the threshold, if any.
+        algorithm: what the consolidator runs for this shape (`hooi` or `hosvd`).
+        working_bytes: estimated peak working memory of the decomposition.
+        bank_bytes: bytes of this entry's tensors in the bank file (upper bound with energy-chosen ranks).
+    """
+
+    layer: int
+    source_layers: list[int]
+    matrix: str
+    shape: tuple[int, int, int]
+    ranks: tuple[int, int, int]
+    energy_modes: list[int]
+    energy: float | None
+    algorithm: str
+    working_bytes: int
+    bank_bytes: int
+
+
+def plan_extraction(
+    source: nn.Module | CheckpointExperts,
+    selection: str | os.PathLike | dict[str, Any],
+    consolidator: TuckerConsolidator,
+    group_layers: int | None = None,
+) -> list[PlannedDecomposition]:
+    """What `extract_bank` would decompose, validated the same way, reading matrix shapes only (no weights)."""
+    reader = _expert_source(source)
+    chosen = _checked_selection(read_selection(selection), reader.num_experts)
+    plan = []
+    for key, layers in group_source_layers(list(chosen), group_layers).items():
+        n = sum(len(chosen[layer].experts) for layer in layers)
+        for matrix in MATRICES:
+            shapes = {reader.matrix_shape(layer, matrix) for layer in layers}
+            if len(shapes) != 1:
+                raise ValueError(f"layers {layers} cannot be stacked: their {matrix} matrices have shapes {shapes}")
+            shape = (*shapes.pop(), n)
+            plan.append(_planned(key, layers, matrix, shape, consolidator))
+    return plan
+
+
+def _planned(
+    key: int, layers: list[int], matrix: str, shape: tuple[int, int, int], consolidator: TuckerConsolidator
+) -> PlannedDecomposition:
+    """The plan row of one decomposition: ranks, algorithm and memory estimates for `shape`."""
+    ranks = consolidator.rank_bounds(shape)
+    algorithm = consolidator.choose_algorithm(shape)
+    return PlannedDecomposition(
+        layer=key,
+        source_layers=layers,
+        matrix=matrix,
+        shape=shape,
+        ranks=ranks,
+        energy_modes=consolidator.energy_modes,
+        energy=consolidator.energy,
+        algorithm=algorithm,
+        working_bytes=working_bytes(shape, algorithm),
+        bank_bytes=entry_bytes(shape, ranks),
+    )
+
+
+def working_bytes(shape: Sequence[int], algorithm: str) -> int:
+    """Estimated peak memory of one decomposition.
+
+    The float32 stack, its copy in the working dtype (float64 for HOOI; ST-HOSVD works on the float32 stack
+    itself), one unfolding or projection of the same size, and the largest Gram matrix with its eigenvectors.
+    """
+    numel, item = math.prod(shape), 4 if algorithm == "hosvd" else 8
+    copy = 0 if algorithm == "hosvd" else item * numel
+    return 4 * numel + copy + item * numel + 2 * item * max(shape) ** 2
+
+
+def entry_bytes(shape: Sequence[int], ranks: Sequence[int]) -> int:
+    """float32 bytes of one bank entry: core, U1, U2, U3 and expert_norm, with their safetensors header entries."""
+    elements = math.prod(ranks) + sum(d * r for d, r in zip(shape, ranks, strict=True)) + 1
+    return 4 * elements + 5 * _HEADER_BYTES_PER_TENSOR
+
+
+def bank_file_bytes(plan: list[PlannedDecomposition]) -> int:
+    """Bytes of the bank file a plan writes: its entries, each bank layer's weights (n float32), the metadata."""
+    layers = {p.layer: p.shape[2] for p in plan}
+    weights = sum(4 * n + _HEADER_BYTES_PER_TENSOR for n in layers.values())
+    return sum(p.bank_bytes for p in plan) + weights + 128  # 128: length prefix and format metadata
+
+
+def format_plan(plan: list[PlannedDecomposition]) -> str:
+    """The dry-run table: one row per decomposition, then totals."""
+    header = ("layer", "sources", "matrix", "stacked d1 x d2 x n", "ranks", "algorithm", "working mem", "bank")
+    rows = [header] + [_plan_cells(p) for p in plan]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    bound = "<= " if any(p.energy_modes for p in plan) else "~"
+    lines.append(
+        f"total: {len(plan)} decompositions in {len({p.layer for p in plan})} bank layers; peak working memory "
+        f"{_size(max(p.working_bytes for p in plan))} (one decomposition at a time); "
+        f"bank file {bound}{_size(bank_file_bytes(plan))}"
+    )
+    return "\n".join(lines)
+
+
+def _plan_cells(p: PlannedDecomposition) -> tuple[str, ...]:
+    """The table cells of one plan row."""
+    ranks = [f"<= {r} (energy >= {p.energy:g})" if mode in p.energy_modes else str(r) for mode, r in enumerate(p.ranks)]
+    sources = ",".join(str(layer) for layer in p.source_layers)
+    shape = " x ".join(str(d) for d in p.shape)
+    return (
+        str(p.layer),
+        sources,
+        p.matrix,
+        shape,
+        " x ".join(ranks),
+        p.algorithm,
+        _size(p.working_bytes),
+        _size(p.bank_bytes),
+    )
+
+
+def _size(num_bytes: int) -> str:
+    """Human-readable binary size: 512 B, 1.5 KiB, 3.2 GiB."""
+    if num_bytes < 1024:
+        return f"{num_bytes} B"
+    value, unit = num_bytes / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"

@@ -2,8 +2,13 @@
 
 Layout of a bank directory:
     bank.safetensors  keys `layers.{l}.{m}.core|U1|U2|U3|expert_norm` and `layers.{l}.weights`
-    manifest.json     format version, source description, selection, ranks, shapes, errors, sha256 of the tensors
+    manifest.json     format version, source description, selection, ranks, shapes, errors, algorithms,
+                      sha256 of the tensors
 A bank is self-contained: initializers load it without the source model.
+
+A bank layer `l` is normally source decoder layer `l`. A grouped bank (`extract_bank(..., group_layers=G)`) has
+layers 0..G-1 instead, each built from the experts of several source layers stacked together; its
+`source_groups` and the manifest's `grouping` name them.
 """
 
 from __future__ import annotations
@@ -55,16 +60,34 @@ class BankEntry:
 
 @dataclass
 class KnowledgeBank:
-    """Per source layer: expert ids, weights (n,), and a BankEntry per matrix in MATRICES."""
+    """Per bank layer: expert ids, weights (n,), and a BankEntry per matrix in MATRICES.
+
+    Attributes:
+        entries: bank layer -> matrix -> BankEntry.
+        weights: bank layer -> expert weights (n,), summing to 1.
+        experts: bank layer -> expert ids in stacking order (for a grouped bank, of all its source layers).
+        manifest: what `save` writes besides the per-layer records (source, selection, tucker, grouping).
+        source_groups: bank layer -> the source decoder layers it was built from ({l: [l]} when not grouped).
+        expert_layers: bank layer -> the source decoder layer of each stacked expert (parallel to `experts`).
+    """
 
     entries: dict[int, dict[str, BankEntry]]
     weights: dict[int, torch.Tensor]
     experts: dict[int, list[int]]
     manifest: dict[str, Any] = field(default_factory=dict)
+    source_groups: dict[int, list[int]] = field(default_factory=dict)
+    expert_layers: dict[int, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = (set(self.source_groups) | set(self.expert_layers)) - set(self.entries)
+        if unknown:
+            raise ValueError(f"source_groups/expert_layers name layers {sorted(unknown)} that have no entries")
+        self.source_groups = {k: list(self.source_groups.get(k, [k])) for k in self.entries}
+        self.expert_layers = {k: list(self.expert_layers.get(k, [k] * len(self.experts[k]))) for k in self.entries}
 
     @property
     def source_layers(self) -> list[int]:
-        """Source layer indices present in the bank, ascending."""
+        """Bank layer indices, ascending: source decoder layers, or group indices 0..G-1 of a grouped bank."""
         return sorted(self.entries)
 
     @property
@@ -106,27 +129,18 @@ class KnowledgeBank:
         return out
 
     def layer_records(self) -> list[dict[str, Any]]:
-        """Manifest records per layer: selection, shapes, ranks, errors and norms."""
-        records = []
-        for layer in self.source_layers:
-            matrices = {
-                m: {
-                    "shape": list(e.factors.shape),
-                    "ranks": list(e.factors.ranks),
-                    "relative_error": e.factors.relative_error,
-                    "expert_norm": e.expert_norm,
-                }
-                for m, e in self.entries[layer].items()
+        """Manifest records per layer: source layers, selection, shapes, ranks, errors, algorithms and norms."""
+        return [
+            {
+                "layer": layer,
+                "source_layers": list(self.source_groups[layer]),
+                "experts": list(self.experts[layer]),
+                "expert_layers": list(self.expert_layers[layer]),
+                "weights": self.weights[layer].tolist(),
+                "matrices": {m: _entry_record(e) for m, e in self.entries[layer].items()},
             }
-            records.append(
-                {
-                    "layer": layer,
-                    "experts": list(self.experts[layer]),
-                    "weights": self.weights[layer].tolist(),
-                    "matrices": matrices,
-                }
-            )
-        return records
+            for layer in self.source_layers
+        ]
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write tensors and manifest into `out_dir` atomically (a failed save leaves no directory behind)."""
@@ -167,10 +181,14 @@ class KnowledgeBank:
 
     @classmethod
     def _from_tensors(cls, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], where: Path) -> KnowledgeBank:
-        entries, weights, experts, expected = {}, {}, {}, set()
+        entries, weights, experts, groups, expert_layers, expected = {}, {}, {}, {}, {}, set()
         for record in manifest["layers"]:
             layer = int(record["layer"])
             experts[layer] = [int(e) for e in record["experts"]]
+            # Manifests written before layer grouping existed have neither key: one source layer per bank layer.
+            groups[layer] = [int(s) for s in record.get("source_layers", [layer])]
+            expert_layers[layer] = [int(s) for s in record.get("expert_layers", [layer] * len(experts[layer]))]
+            _check_sources(layer, experts[layer], groups[layer], expert_layers[layer], where)
             weights[layer] = _take(tensors, f"layers.{layer}.weights", (len(experts[layer]),), where, expected)
             entries[layer] = {
                 m: _load_entry(tensors, layer, m, info, where, expected) for m, info in record["matrices"].items()
@@ -179,7 +197,51 @@ class KnowledgeBank:
             raise BankIntegrityError(
                 f"{where}: tensors and manifest disagree (unexpected keys {sorted(set(tensors) - expected)[:5]})"
             )
-        return cls(entries=entries, weights=weights, experts=experts, manifest=manifest)
+        _check_grouping(manifest.get("grouping"), groups, where)
+        return cls(
+            entries=entries,
+            weights=weights,
+            experts=experts,
+            manifest=manifest,
+            source_groups=groups,
+            expert_layers=expert_layers,
+        )
+
+
+def _entry_record(entry: BankEntry) -> dict[str, Any]:
+    """Manifest record of one (layer, matrix): shape, ranks, error, algorithm, norm (and energy if it chose ranks)."""
+    factors = entry.factors
+    record = {
+        "shape": list(factors.shape),
+        "ranks": list(factors.ranks),
+        "relative_error": factors.relative_error,
+        "algorithm": factors.algorithm,
+        "expert_norm": entry.expert_norm,
+    }
+    if factors.energy is not None:
+        record["energy"] = factors.energy
+        record["mode_energy"] = factors.mode_energy
+    return record
+
+
+def _check_sources(layer: int, experts: list[int], groups: list[int], expert_layers: list[int], where: Path) -> None:
+    """A layer record's source layers and per-expert source layers must agree with each other and its experts."""
+    if not groups or len(expert_layers) != len(experts) or not set(expert_layers) <= set(groups):
+        raise BankIntegrityError(
+            f"{where}: layer {layer} lists experts {experts} from layers {expert_layers}, "
+            f"which do not match its source layers {groups}"
+        )
+
+
+def _check_grouping(grouping: dict[str, Any] | None, groups: dict[int, list[int]], where: Path) -> None:
+    """A grouped bank's manifest `grouping` must name layers 0..G-1 and the same source layers as the records."""
+    if grouping is None:
+        return
+    expected = [groups.get(g) for g in range(int(grouping["groups"]))]
+    if sorted(groups) != list(range(int(grouping["groups"]))) or grouping["source_layers"] != expected:
+        raise BankIntegrityError(
+            f"{where}: grouping {grouping} does not match the layer records' source layers {groups}"
+        )
 
 
 def _take(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], where: Path, seen: set[str]):
@@ -199,5 +261,13 @@ def _load_entry(tensors, layer: int, matrix: str, info: dict[str, Any], where: P
     core = _take(tensors, f"{prefix}.core", ranks, where, seen)
     factors = [_take(tensors, f"{prefix}.U{i + 1}", (dims[i], ranks[i]), where, seen) for i in range(3)]
     norm = _take(tensors, f"{prefix}.expert_norm", (1,), where, seen)
-    tucker = TuckerFactors(core=core, factors=factors, ranks=ranks, relative_error=float(info["relative_error"]))
+    tucker = TuckerFactors(
+        core=core,
+        factors=factors,
+        ranks=ranks,
+        relative_error=float(info["relative_error"]),
+        algorithm=info.get("algorithm", "hooi"),  # banks written before the fast path existed used HOOI
+        energy=info.get("energy"),
+        mode_energy=info.get("mode_energy"),
+    )
     return BankEntry(factors=tucker, expert_norm=float(norm.item()))
