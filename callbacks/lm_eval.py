@@ -14,13 +14,14 @@ from typing import Any, Literal
 import lightning as L
 
 from xpert_pl.artifacts import write_json
+from xpert_pl.callbacks.scheduled import ScheduledEvaluation
 from xpert_pl.evaluation.harness import evaluate_lm, flat_metrics
 from xpert_pl.evaluation.lm_tasks import SPLITS, STANDARD_TASKS, Source, Split, resolve_tasks
 
 log = logging.getLogger(__name__)
 
 
-class LMEvalCallback(L.Callback):
+class LMEvalCallback(ScheduledEvaluation):
     """Evaluates the live model with lm-eval, logs `eval/<task>/<metric>` and writes a results JSON.
 
     Writes `<log_dir>/<dirname>/lm_eval_step<step>.json`: per task its metrics and stderrs, lm-eval task version,
@@ -67,7 +68,7 @@ class LMEvalCallback(L.Callback):
             dirname: sub-directory of the run's log dir for the results JSON.
         """
         resolve_tasks(list(tasks) if tasks is not None else list(STANDARD_TASKS))  # fail at config time
-        checks = {
+        checks = {  # the base class checks when/every_n_validations too; here they are reported with the rest
             "when must be 'validation' or 'fit_end'": when in ("validation", "fit_end"),
             "every_n_validations must be >= 1": every_n_validations >= 1,
             "limit must be None or >= 1": limit is None or limit >= 1,
@@ -77,6 +78,7 @@ class LMEvalCallback(L.Callback):
         problems = [message for message, ok in checks.items() if not ok]
         if problems:
             raise ValueError("LMEvalCallback: " + "; ".join(problems))
+        super().__init__(when, every_n_validations, dirname)
         self.tasks = list(tasks) if tasks is not None else list(STANDARD_TASKS)
         self.limit = limit
         self.num_fewshot = dict(num_fewshot or {})
@@ -87,11 +89,7 @@ class LMEvalCallback(L.Callback):
         self.data_root = data_root
         self.tokenizer = tokenizer
         self.seed = seed
-        self.when = when
-        self.every_n_validations = every_n_validations
-        self.dirname = dirname
         self.last_summary: dict[str, Any] | None = None
-        self._validations = 0
         self._tokenizer_obj: Any = None
 
     # ---- hooks ---------------------------------------------------------------------------------------------------
@@ -104,31 +102,6 @@ class LMEvalCallback(L.Callback):
                 "LMEvalCallback evaluates the model on rank 0 alone, which a sharded model cannot do; export it "
                 "(callbacks.HFExport) and run xpert_pl.evaluation.evaluate_lm on the export instead."
             )
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.when != "validation" or trainer.sanity_checking:
-            return
-        self._validations += 1
-        if self._validations % self.every_n_validations:
-            return
-        metrics = self._run(trainer, pl_module)
-        pl_module.log_dict(metrics, add_dataloader_idx=False)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Not on_fit_end: Lightning has moved the model to the CPU by then.
-        if self.when != "fit_end":
-            return
-        metrics = self._run(trainer, pl_module)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-                logger.save()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self._validations}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._validations = int(state_dict.get("validations", 0))
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
 

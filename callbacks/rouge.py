@@ -24,6 +24,7 @@ import lightning as L
 import torch
 
 from xpert_pl.artifacts import atomic_path, write_json
+from xpert_pl.callbacks.scheduled import ScheduledEvaluation
 from xpert_pl.data.prompts import alpaca_prompt, read_jsonl
 from xpert_pl.data.sft_encoding import truncate_middle
 
@@ -134,7 +135,7 @@ def generate_responses(
     return responses, truncated
 
 
-class RougeLCallback(L.Callback):
+class RougeLCallback(ScheduledEvaluation):
     """Generates answers to the dialogue sets, scores Rouge-L as MiniLLM does, logs and writes them.
 
     Logs `rougeL/<set>` (mean over seeds) and `rougeL/<set>_std` (sample standard deviation over seeds, 0 for one
@@ -184,10 +185,7 @@ class RougeLCallback(L.Callback):
             every_n_validations: with `when="validation"`, run on every N-th validation.
             dirname: sub-directory of the run's log dir for the generations and the summary.
         """
-        if when not in ("validation", "fit_end"):
-            raise ValueError(f"when must be 'validation' or 'fit_end', got {when!r}")
-        if every_n_validations < 1:
-            raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
+        super().__init__(when, every_n_validations, dirname)
         self.sets = list(sets) if sets is not None else list(DIALOGUE_SETS)
         self.split = split
         self.files = dict(files or {})
@@ -200,38 +198,9 @@ class RougeLCallback(L.Callback):
         self.prompt_truncation = prompt_truncation
         self.no_repeat_ngram_size = no_repeat_ngram_size
         self.batch_size = batch_size
-        self.when = when
-        self.every_n_validations = every_n_validations
-        self.dirname = dirname
         self.last_summary: dict[str, Any] | None = None
-        self._validations = 0
 
     # ---- hooks ---------------------------------------------------------------------------------------------------
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.when != "validation" or trainer.sanity_checking:
-            return
-        self._validations += 1
-        if self._validations % self.every_n_validations:
-            return
-        metrics = self._run(trainer, pl_module)
-        pl_module.log_dict(metrics, add_dataloader_idx=False)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Not on_fit_end: Lightning has moved the model to the CPU by then.
-        if self.when != "fit_end":
-            return
-        metrics = self._run(trainer, pl_module)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-                logger.save()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self._validations}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._validations = int(state_dict.get("validations", 0))
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
-from xpert_pl.callbacks import LMEvalCallback
 
+from xpert_pl.callbacks import LMEvalCallback
 from xpert_pl.evaluation import STANDARD_TASKS, TASKS_DIR, evaluate_lm
 from xpert_pl.models import DenseStudent
 from xpert_pl.tokenizer import load_tokenizer

@@ -11,8 +11,8 @@ import pytest
 import torch
 from rouge_score import rouge_scorer
 from torch.utils.data import DataLoader
-from xpert_pl.callbacks.rouge import RougeLCallback, generate_responses, load_dialogue_set, rouge_l, rouge_l_scores
 
+from xpert_pl.callbacks.rouge import RougeLCallback, generate_responses, load_dialogue_set, rouge_l, rouge_l_scores
 from xpert_pl.data.prompts import alpaca_prompt
 from xpert_pl.models import DenseStudent
 from xpert_pl.tokenizer import load_tokenizer

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from xpert_pl.callbacks import RougeLCallback
 
+from xpert_pl.callbacks import RougeLCallback
 from xpert_pl.cli import run_lightning_cli
 from xpert_pl.data.prompts import alpaca_prompt
 
