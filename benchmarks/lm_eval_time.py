@@ -7,7 +7,7 @@ initialised `DenseStudent` (weights do not change the time). With `--limit N` ea
 2N documents (MMLU: of each subject) and the full time is extrapolated linearly from the two (see
 `time_task`), labelled as an extrapolation. Writes benchmarks/results/lm_eval_time.json.
 
-    python benchmarks/lm_eval_time.py [--limit 50] [--threads 1] [--tasks boolq piqa]
+    python benchmarks/lm_eval_time.py [--limit 100 --mmlu-limit 10] [--threads 1] [--tasks boolq piqa]
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def time_task(model, tokenizer, task: str, args: argparse.Namespace) -> dict:
     Two points separate the fixed cost of a run (building the task, lm-eval's batch-size search) from the
     marginal cost per document: full = t(2N) + (t(2N) - t(N)) / (d(2N) - d(N)) x (all - d(2N)).
     """
-    if args.limit is None:
+    limit = args.mmlu_limit if task == "mmlu" and args.mmlu_limit else args.limit
+    if limit is None:
         return run_task(model, tokenizer, task, None, args)
-    small, row = (run_task(model, tokenizer, task, limit, args) for limit in (args.limit, 2 * args.limit))
+    small, row = (run_task(model, tokenizer, task, n, args) for n in (limit, 2 * limit))
     added = row["documents"] - small["documents"]
     if added <= 0:  # the task has at most N documents: this is the full run
         return row
@@ -77,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(STANDARD_TASKS))
     parser.add_argument("--limit", type=int, default=None, help="first N documents per task (default: all)")
+    parser.add_argument("--mmlu-limit", type=int, default=None, help="MMLU's --limit (it is per subject, x57)")
     parser.add_argument("--batch-size", default="auto", help='"auto" (lm-eval picks) or an int')
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--preset", default="llama-tiny-4l", help="DenseStudent preset, made 256 wide")
@@ -106,7 +108,7 @@ def summarise(tasks: dict[str, dict], args: argparse.Namespace, model, vocab: in
     extrapolated = sum(t.get("extrapolated_full_seconds", t["seconds"]) for t in tasks.values())
     return {
         "total_seconds": sum(t["seconds"] for t in tasks.values()),
-        "extrapolated_full_total_seconds": extrapolated if args.limit else None,
+        "extrapolated_full_total_seconds": extrapolated if args.limit or args.mmlu_limit else None,
         "tasks": tasks,
         "config": {
             **vars(args),
