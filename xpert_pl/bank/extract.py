@@ -100,7 +100,7 @@ def _checked_selection(selection: dict[str, Any], num_experts: dict[int, int]) -
 
 
 @dataclass
-class _ExpertSource:
+class ExpertReader:
     """What extraction needs of a source, live or on disk: routed experts per MoE layer, a stacking reader and
     the (d1, d2) shape of each layer's matrices."""
 
@@ -113,7 +113,7 @@ class _ExpertSource:
 _SUMMARY_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_experts_per_tok")
 
 
-def _expert_source(source: nn.Module | CheckpointExperts) -> _ExpertSource:
+def expert_reader(source: nn.Module | CheckpointExperts) -> ExpertReader:
     """Adapt a live model (through `moe_layers`) or a `CheckpointExperts` to one reading interface."""
     if isinstance(source, CheckpointExperts):
         config, family = source.config, source.family
@@ -137,7 +137,7 @@ def _expert_source(source: nn.Module | CheckpointExperts) -> _ExpertSource:
     summary["num_experts"] = family.num_experts(config)
     summary["moe_intermediate_size"] = config.get("moe_intermediate_size")
     summary["moe_layers"] = sorted(num_experts)
-    return _ExpertSource(num_experts, stack, matrix_shape, summary)
+    return ExpertReader(num_experts, stack, matrix_shape, summary)
 
 
 class _HeaderShapes:
@@ -176,7 +176,7 @@ class _HeaderShapes:
 
 
 def _consolidate(
-    reader: _ExpertSource,
+    reader: ExpertReader,
     chosen: dict[int, _LayerChoice],
     layers: list[int],
     matrix: str,
@@ -213,7 +213,7 @@ def extract_bank(
             of layers (so they sum to 1), and the bank's layers are 0..G-1. None: one bank layer per source layer.
     """
     selection = read_selection(selection)
-    reader = _expert_source(source)
+    reader = expert_reader(source)
     chosen = _checked_selection(selection, reader.num_experts)
     groups = group_source_layers(list(chosen), group_layers)
     entries, weights, experts, expert_layers = {}, {}, {}, {}
@@ -275,7 +275,7 @@ def plan_extraction(
     group_layers: int | None = None,
 ) -> list[PlannedDecomposition]:
     """What `extract_bank` would decompose, validated the same way, reading matrix shapes only (no weights)."""
-    reader = _expert_source(source)
+    reader = expert_reader(source)
     chosen = _checked_selection(read_selection(selection), reader.num_experts)
     plan = []
     for key, layers in group_source_layers(list(chosen), group_layers).items():

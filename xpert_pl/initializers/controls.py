@@ -22,7 +22,7 @@ from xpert_pl.analysis.counter import ActivationCounts
 from xpert_pl.analysis.selection import ExpertSelector, Selection
 from xpert_pl.analysis.strategies import LeastFrequentSelector, RandomExpertSelector, TopFrequencySelector
 from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
-from xpert_pl.bank.extract import _expert_source, extract_bank
+from xpert_pl.bank.extract import expert_reader, extract_bank
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.bank.tucker import TuckerConsolidator
 from xpert_pl.checkpoint import open_expert_source
@@ -49,7 +49,7 @@ def average_experts(source: Any, choice: dict[int, tuple[list[int], list[float]]
         choice: source layer -> (expert ids, weights summing to 1).
         progress: show a tqdm bar over layers.
     """
-    reader = _expert_source(source)
+    reader = expert_reader(source)
     layers, norms = {}, {}
     for layer, (ids, weights) in tqdm(sorted(choice.items()), desc="average experts", disable=not progress):
         layers[layer], norms[layer] = {}, {}

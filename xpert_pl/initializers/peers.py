@@ -16,7 +16,7 @@ import torch
 from xpert_pl.analysis.selection import Selection
 from xpert_pl.analysis.strategies import TopFrequencySelector
 from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
-from xpert_pl.bank.extract import _expert_source
+from xpert_pl.bank.extract import expert_reader
 from xpert_pl.checkpoint import open_expert_source
 from xpert_pl.experts import MATRICES
 from xpert_pl.initializers.controls import SELECTION_FILE, average_experts, load_analysis, selection_choice
@@ -27,7 +27,7 @@ ExpertChoice = Literal["average", "top"]
 
 def all_experts_choice(source: Any) -> dict[int, tuple[list[int], list[float]]]:
     """Every routed expert of every MoE layer, with uniform weights."""
-    counts = _expert_source(source).num_experts
+    counts = expert_reader(source).num_experts
     return {layer: (list(range(e)), [1.0 / e] * e) for layer, e in counts.items()}
 
 
