@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from threadpoolctl import threadpool_limits
+
+# Property-based tests draw the same examples on every run (CI stays reproducible); `--hypothesis-seed` or
+# HYPOTHESIS_PROFILE=explore samples new ones when hunting for bugs.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DOMAIN_WORDS = {
     "code": [

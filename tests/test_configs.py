@@ -52,6 +52,35 @@ def test_fit_configs_build(base, tiny_data_root, tiny_tokenizer_dir, tmp_path):
     assert cli.trainer.max_steps > 0
 
 
+@pytest.mark.parametrize("overlay", sorted((CONFIGS / "gpu").glob("*.yaml")), ids=lambda p: p.name)
+def test_gpu_presets_build(overlay, tiny_data_root, tiny_tokenizer_dir, tmp_path):
+    """The GPU presets parse and build, CPU standing in for the GPU; strategy and precision are kept, except FSDP
+    (Lightning refuses it on CPU), whose strategy is built on its own from the YAML's arguments."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    spec = yaml.safe_load(overlay.read_text())
+    args = ["fit", "--config", str(CONFIGS / "pretrain" / "tiny.yaml")]
+    if "trainer" not in spec:  # a model-only overlay (compile) goes on top of the DDP preset
+        args += ["--config", str(CONFIGS / "gpu" / "ddp-bf16.yaml")]
+    args += ["--config", str(overlay)]
+    keep = ("--trainer.strategy=", "--trainer.precision=")
+    args += [a for a in _tiny_data_args(tiny_data_root, tiny_tokenizer_dir, tmp_path) if not a.startswith(keep)]
+    strategy = (spec.get("trainer") or {}).get("strategy", {})
+    if strategy.get("class_path", "").endswith("FSDPStrategy"):
+        parser = ArgumentParser()
+        parser.add_argument("--strategy", type=FSDPStrategy)
+        built = parser.instantiate(parser.parse_object({"strategy": strategy})).strategy
+        assert isinstance(built, FSDPStrategy) and built.sharding_strategy.name == "FULL_SHARD"
+        args.append("--trainer.strategy=ddp")
+    cli = run_lightning_cli(args, run=False)
+    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    assert cli.trainer.precision == "bf16-mixed"
+    cli.model.configure_model()
+    compiled = getattr(cli.model.model, "_compiled_call_impl", None) is not None
+    assert compiled == (overlay.name == "compile.yaml") == cli.model.hparams.compile
+
+
 def _expected_report(initializer: dict) -> tuple[str, set[str]]:
     """The report name an initializer spec should give, and the name patterns of the tensors it sets."""
     snake = re.sub(r"(?<!^)(?=[A-Z])", "_", initializer["class_path"].rsplit(".", 1)[1].removesuffix("Init")).lower()

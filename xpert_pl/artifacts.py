@@ -54,9 +54,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+class CorruptArtifactError(ValueError):
+    """An artifact file exists but cannot be parsed (truncated, edited by hand, or not what its name says)."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+    """Read a JSON file; CorruptArtifactError (naming the file) if it is not valid UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptArtifactError(
+            f"{path} is not valid JSON ({err}): the file is corrupt or truncated; re-create it with the step that "
+            "wrote it"
+        ) from err
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from xpert_pl.cli_errors import report
 from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.training.module import CausalLMModule
 
@@ -46,6 +47,9 @@ class XpertCLI(LightningCLI):
                 "--model.init_checkpoint starts a new run from those weights. Drop one of them."
             )
         raise_if_problems(problems)
+        if self.subcommand == "fit" and config.get("weights_only") is None:
+            # Resuming unpickles the checkpoint: only tensors and plain data unless the user vouches for the file.
+            config["weights_only"] = True
 
 
 def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
@@ -61,6 +65,8 @@ def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        # Errors reach `main` as exceptions, which it reports in one paragraph with the fix.
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
     )
 
 
@@ -101,15 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         elif command in commands:
             from jsonargparse import auto_cli
 
-            auto_cli(commands[command], args=rest, as_positional=command in POSITIONAL)
+            auto_cli(commands[command], args=rest, as_positional=command in POSITIONAL, exit_on_error=False)
         else:
             raise ConfigError(
                 [f"unknown command '{command}'; choose one of: {', '.join([*LIGHTNING_COMMANDS, *commands])}"]
             )
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        if debug:
+    except Exception as err:
+        if debug or not report(err, command, argv, sys.stderr):
             raise
-        print(f"xpert {command}: error: {err}\n(run with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
 

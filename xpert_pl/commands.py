@@ -12,11 +12,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from xpert_pl.analysis import ActivationCounts, ConsistentExpertSelector, ExpertSelector, model_fingerprint
 from xpert_pl.analysis.counter import Precision
 from xpert_pl.bank import TuckerConsolidator, extract_bank
+from xpert_pl.bank.extract import read_selection
 from xpert_pl.data import PretrainDataModule
 from xpert_pl.demo import demo
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.experts import moe_layers
 from xpert_pl.models import load_causal_lm
+from xpert_pl.resume import FinishedUnits, partial_directory
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,17 @@ def analyze(
                 f"{source.config.vocab_size}; analyse with the tokenizer the source was trained with"
             ]
         )
-    counts = _count_routing(source, data, device, devices, max_tokens_per_domain, precision)
+    fingerprint = model_fingerprint(source)
+    settings = {"model_fingerprint": fingerprint, "max_tokens_per_domain": max_tokens_per_domain, "dtype": str(dtype)}
+    settings |= {"data": {k: data.hparams[k] for k in ("tokenizer", "block_size", "max_val_blocks_per_domain")}}
+    settings |= {"domains": [dataclasses.asdict(s) for s in data.domains]}
+    finished = FinishedUnits(partial_directory(out_dir), settings) if devices == 1 else None
+    counts = _count_routing(source, data, device, devices, max_tokens_per_domain, precision, finished)
     if counts is None:  # a rank other than 0 of a multi-device run: rank 0 writes
         return
     meta = {
         "model": str(model),
-        "model_fingerprint": model_fingerprint(source),
+        "model_fingerprint": fingerprint,
         "tokenizer": str(data.hparams.tokenizer),
         "max_tokens_per_domain": max_tokens_per_domain,
         "precision": str(dtype).removeprefix("torch."),
@@ -84,6 +91,8 @@ def analyze(
         "shared_experts": {str(layer.index): layer.shared for layer in layers if layer.shared},
     }
     selection = write_analysis(counts, out_dir, selector or ConsistentExpertSelector(), meta, plots)
+    if finished is not None:
+        finished.discard()
     for layer in selection.layers:
         log.info("layer %d: experts %s", layer.layer, layer.experts)
     log.info("analysis written to %s", Path(out_dir).resolve())
@@ -110,9 +119,12 @@ def _count_routing(
     devices: int,
     max_tokens_per_domain: int | None,
     precision: Precision,
+    finished: FinishedUnits | None = None,
 ) -> ActivationCounts | None:
     """Routing counts over the validation loaders: on `device`, or shared out by DDP over `devices`.
 
+    On one device each domain's counts are kept in `finished` as soon as they are complete, and domains found
+    there are not counted again (every layer is counted in the same forward pass, so a domain is the unit).
     Returns None on ranks other than 0 (every rank holds the totals, but only one should write them).
     """
     from xpert_pl.analysis.counter import count_activations
@@ -121,7 +133,18 @@ def _count_routing(
     data.setup("validate")
     loaders = dict(zip(data.domain_names, data.val_dataloader(), strict=True))
     if devices == 1:
-        return count_activations(source.to(device), loaders, max_tokens_per_domain, precision=precision)
+        parts = []
+        for domain, loader in loaders.items():
+            if finished is not None and finished.has(domain):
+                log.info("domain %s: counted by an earlier run (%s)", domain, finished.path(domain))
+                parts.append(ActivationCounts.load(finished.path(domain)))
+                continue
+            part = count_activations(source.to(device), {domain: loader}, max_tokens_per_domain, precision=precision)
+            if finished is not None:
+                with finished.writing(domain) as tmp:
+                    part.save(tmp)
+            parts.append(part)
+        return ActivationCounts.concat(parts)
     trainer_kwargs = {"accelerator": device.type, "devices": devices, "strategy": "ddp"}
     counts = count_activations_distributed(source, loaders, trainer_kwargs, max_tokens_per_domain, precision)
     return counts if rank_zero_only.rank == 0 else None
@@ -171,12 +194,16 @@ def extract(
         print(f"dry run: nothing was decomposed or written ({out_dir} {fate})")
         return
     fingerprint = source.fingerprint() if isinstance(source, CheckpointExperts) else model_fingerprint(source)
+    settings = {"source": fingerprint, "selection": read_selection(selection), "group_layers": group_layers}
+    finished = FinishedUnits(partial_directory(out_dir), {**settings, "tucker": consolidator.describe()})
     bank = extract_bank(
         source,
         selection,
         consolidator,
         source_description={"model": str(model), "model_fingerprint": fingerprint},
         group_layers=group_layers,
+        finished=finished,
     )
     bank.save(out_dir)
+    finished.discard()
     log.info("knowledge bank written to %s", Path(out_dir).resolve())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,21 @@ DATA_ROOT_ENV = "XPERT_DATA_ROOT"
 
 class DataRootError(FileNotFoundError):
     """The data root or a file a config names under it is missing."""
+
+
+# Names from configs and data that become file or directory names (domains, matrix cells, units): one plain path
+# component, so no name can reach outside the directory it is written into ("..", "/", "~", absolute paths).
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def path_component_problem(name: object, what: str) -> str | None:
+    """None if `name` is safe as one file-name component, else the problem and the rule."""
+    if isinstance(name, str) and _PATH_COMPONENT.fullmatch(name) and ".." not in name:
+        return None
+    return (
+        f"{what} {name!r} cannot name a file or directory: use letters, digits, '.', '_' and '-' (starting with a "
+        "letter or digit, no '..'), so that nothing is written outside the run directory"
+    )
 
 
 def default_data_root() -> Path | None:

@@ -93,6 +93,30 @@ def test_batches_are_long_blocks_and_seeded(make_dm) -> None:
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+def test_train_loader_resumes_its_position(make_dm) -> None:
+    """The loader's state (as Lightning checkpoints it) continues the order across epochs, not from its start."""
+
+    def loader():
+        dm = make_dm(seed=3)
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    full = loader()
+    per_epoch = len(full)
+    reference = [b["input_ids"] for epoch in range(2) for b in full]
+    interrupted = loader()
+    assert len(list(interrupted)) == per_epoch  # the first epoch
+    second = iter(interrupted)
+    next(second), next(second)  # two batches into the second epoch, then the run dies
+    state = interrupted.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [b["input_ids"] for b in resumed]
+    assert per_epoch >= 3 and len(rest) == per_epoch - 2
+    assert all(torch.equal(x, y) for x, y in zip(rest, reference[per_epoch + 2 :], strict=True))
+
+
 def _mixture_ratio(dm: PretrainDataModule) -> float:
     dm.setup("fit")
     alpha = {tuple(r["input_ids"]) for r in dm._packed(DomainSpec("alpha"), "train").with_format(None)}

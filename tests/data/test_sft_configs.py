@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xpert_pl.callbacks import RougeLCallback
+from xpert_pl.callbacks import LMEvalCallback, RougeLCallback
 from xpert_pl.cli import run_lightning_cli
 from xpert_pl.data.prompts import alpaca_prompt
 
@@ -87,12 +87,26 @@ def test_sft_configs_build(config, sft_data_root, tiny_tokenizer, tmp_path):
     assert cli.model.val_domains == dm.domain_names == VALIDATION_SETS[config.name]
     (rouge,) = [c for c in cli.trainer.callbacks if isinstance(c, RougeLCallback)]
     assert rouge.when == "fit_end" and rouge.limit and rouge.split == "eval"
+    (lm_eval,) = [c for c in cli.trainer.callbacks if isinstance(c, LMEvalCallback)]
+    assert lm_eval.when == "fit_end" and lm_eval.limit == 50 and lm_eval.split == "eval"
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     loss, n_tokens, _ = cli.model._losses(batch)
     assert n_tokens.item() == int((batch["labels"][:, 1:] != -100).sum()) > 0 and loss.item() > 0
     spec = yaml.safe_load(config.read_text())["data"]["init_args"]["source"]
     assert type(dm.source).__name__ == spec["class_path"].rsplit(".", 1)[1]
+
+
+def test_bench_evaluation_overlay_replaces_the_callbacks(sft_data_root, tiny_tokenizer, tmp_path):
+    overlay = CONFIGS / "eval" / "bench.yaml"
+    assert overlay.read_text().startswith("# xpert fit --config configs/sft/dolly.yaml --config configs/sft/eval/")
+    args = _args(CONFIGS / "dolly.yaml", sft_data_root, tiny_tokenizer, tmp_path / "run")
+    cli = run_lightning_cli([*args[:3], "--config", str(overlay), *args[3:]], run=False)
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert names.count("LMEvalCallback") == 1 and names.count("RougeLCallback") == 1 and "HFExport" in names
+    (lm_eval,) = [c for c in cli.trainer.callbacks if isinstance(c, LMEvalCallback)]
+    assert lm_eval.tasks == ["boolq", "hellaswag", "piqa", "winogrande"] and lm_eval.limit == 50
+    assert lm_eval.batch_size == 32
 
 
 def test_dolly_fine_tune_command_warm_starts_and_writes_rouge(sft_data_root, tiny_tokenizer, tmp_path):
@@ -104,6 +118,8 @@ def test_dolly_fine_tune_command_warm_starts_and_writes_rouge(sft_data_root, tin
     config = yaml.safe_load((CONFIGS / "dolly.yaml").read_text())
     (rouge,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("RougeLCallback")]
     rouge["init_args"]["max_new_tokens"] = 8
+    # lm-eval reads the five task files, which this tiny data root lacks; tests/evaluation covers that callback.
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "LMEval" not in c["class_path"]]
     (tmp_path / "dolly.yaml").write_text(yaml.safe_dump(config))
     args = [
         *_args(tmp_path / "dolly.yaml", sft_data_root, tiny_tokenizer, tmp_path / "sft"),

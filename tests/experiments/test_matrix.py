@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from xpert_pl.errors import ConfigError
 from xpert_pl.experiments.matrix import load_matrix
+from xpert_pl.report.runs import _expected_cells
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +20,7 @@ def test_shipped_matrices_build(name):
     cells = matrix.cells()
     long, short = matrix.budgets[matrix.largest_budget], min(matrix.budgets.values())
     per_seed_scale = len(matrix.methods) + len(matrix.sweep_methods) * (len(matrix.budgets) - 1)
-    assert len(cells) == per_seed_scale * len(matrix.seeds) * len(matrix.scales)
+    assert len(cells) == per_seed_scale * sum(len(matrix.scale_seeds(s)) for s in matrix.scales)
     assert {c.steps for c in cells} == set(matrix.budgets.values()) and short < long
     assert {c.method for c in cells if c.steps == short} == set(matrix.sweep_methods)
     assert len(matrix.seeds) >= 2 and len(matrix.budgets) >= 2 and "scratch" in matrix.methods
@@ -29,6 +31,32 @@ def test_quick_and_small_sizes():
     small = load_matrix(REPO / "configs" / "bench" / "small.yaml", root=REPO)
     assert len(quick.cells()) == 12
     assert len(small.scales) >= 2 and len(small.seeds) >= 3 and len(small.methods) >= 10
+    assert max(len(small.scale_seeds(s)) for s in small.scales) >= 5  # the headline scale
+    sft = [c for c in small.cells() if small.wants_sft(c)]
+    assert {(c.scale, c.budget) for c in sft} == {("2l", "long")} and len(sft) == 3 * 5
+
+
+def test_a_scale_can_have_its_own_seeds(tmp_path):
+    for name in ("m.yaml", "scratch.yaml", "student.yaml"):
+        (tmp_path / name).write_text("{}\n")
+    text = (
+        "budgets: {short: 10, long: 20}\nseeds: [0, 1, 2]\nmethods: {scratch: scratch.yaml, xpert: scratch.yaml}\n"
+        "sweep_methods: [scratch]\nsource: {config: m.yaml, steps: 5}\nanalyze: m.yaml\nextract: m.yaml\n"
+        "scales: {big: {config: student.yaml}, small: {config: student.yaml, seeds: [0, 1, 2, 3, 4]}}\n"
+    )
+    (tmp_path / "matrix.yaml").write_text(text)
+    matrix = load_matrix(tmp_path / "matrix.yaml", root=tmp_path)
+    assert matrix.scale_seeds("big") == [0, 1, 2] and matrix.scale_seeds("small") == [0, 1, 2, 3, 4]
+    cells = matrix.cells()
+    # per seed: 2 methods at the long budget + scratch at the short one
+    assert len(cells) == 3 * 3 + 3 * 5
+    assert {c.seed for c in cells if c.scale == "small" and c.method == "xpert"} == {0, 1, 2, 3, 4}
+    expected = {(c.scale, c.budget, c.method, c.seed) for c in cells}
+    absent = _expected_cells(yaml.safe_load(text))
+    assert {(a.scale, a.budget, a.method, a.seed) for a in absent} == expected
+    (tmp_path / "matrix.yaml").write_text(text.replace("seeds: [0, 1, 2, 3, 4]", "seeds: [1, 1]"))
+    with pytest.raises(ConfigError, match=r"scales\.small\.seeds"):
+        load_matrix(tmp_path / "matrix.yaml", root=tmp_path)
 
 
 def test_every_problem_is_reported_together(tmp_path):

@@ -86,6 +86,28 @@ class ActivationCounts:
         write_json(out_dir / COUNTS_META, meta)
 
     @classmethod
+    def concat(cls, parts: list[ActivationCounts]) -> ActivationCounts:
+        """The counts of several domain groups of one model side by side (domains in the order given)."""
+        first = parts[0]
+        for part in parts[1:]:
+            same = (part.top_k, part.num_experts, part.layer_indices) == (
+                first.top_k,
+                first.num_experts,
+                first.layer_indices,
+            )
+            if not same:
+                raise ValueError("counts of different models (top-k, experts or layers differ) cannot be combined")
+        return cls(
+            domains=[d for part in parts for d in part.domains],
+            counts=torch.cat([part.counts for part in parts], dim=1),
+            prob_sum=torch.cat([part.prob_sum for part in parts], dim=1),
+            tokens=torch.cat([part.tokens for part in parts]),
+            top_k=first.top_k,
+            num_experts=first.num_experts,
+            layer_indices=list(first.layer_indices),
+        )
+
+    @classmethod
     def load(cls, directory: str | Path) -> ActivationCounts:
         """Read what `save` wrote."""
         directory = Path(directory)

@@ -8,12 +8,11 @@ the bank's layers are the group indices 0..G-1.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,21 +20,32 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
+from xpert_pl.artifacts import read_json
 from xpert_pl.bank.store import BankEntry, KnowledgeBank
 from xpert_pl.bank.tucker import TuckerConsolidator
 from xpert_pl.checkpoint import CheckpointError, CheckpointExperts
 from xpert_pl.experts import MATRICES, moe_layers, stack_experts
 from xpert_pl.families import config_dict, family_of
+from xpert_pl.resume import FinishedUnits
+
+log = logging.getLogger(__name__)
 
 # Upper bound of one tensor's entry in the safetensors JSON header (name, dtype, shape, offsets).
 _HEADER_BYTES_PER_TENSOR = 160
 
 
 def read_selection(selection: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
-    """The selection dict, from a path to `selection.json` or an already loaded dict."""
-    if isinstance(selection, dict):
-        return selection
-    return json.loads(Path(selection).read_text())
+    """The selection dict, from a path to `selection.json` or an already loaded dict; ValueError if malformed."""
+    where = "the selection" if isinstance(selection, dict) else str(selection)
+    if not isinstance(selection, dict):
+        selection = read_json(selection)
+    layers = selection.get("layers") if isinstance(selection, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(r, dict) and "layer" in r and "experts" in r for r in layers):
+        raise ValueError(
+            f"{where} is not an expert selection: expected {{'layers': [{{'layer': int, 'experts': [int, ...], "
+            "'weights': [...]}, ...]}} as `xpert analyze` writes it to selection.json"
+        )
+    return selection
 
 
 def group_source_layers(layers: Sequence[int], group_layers: int | None = None) -> dict[int, list[int]]:
@@ -77,22 +87,38 @@ def _checked_weights(record: dict[str, Any], num_experts: int) -> torch.Tensor:
         raise ValueError(f"selection layer {layer}: experts {ids} must be distinct ids in [0, {num_experts})")
     if weights is None:  # no weights given: uniform
         weights = [1.0] * len(ids)
-    if len(weights) != len(ids) or any(w < 0 for w in weights) or sum(weights) <= 0:
+    numbers = isinstance(weights, list) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights
+    )
+    if not numbers or len(weights) != len(ids) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"selection layer {layer}: weights {weights} must be {len(ids)} non-negative numbers")
     w = torch.tensor(weights, dtype=torch.float64)
     return w / w.sum()
+
+
+def _expert_ids(record: dict[str, Any], num_experts: int) -> list[int]:
+    experts = record["experts"]
+    if not isinstance(experts, list) or not experts or not all(_is_int(e) and 0 <= e < num_experts for e in experts):
+        raise ValueError(
+            f"selection layer {record['layer']}: experts {experts!r} must be distinct ids in [0, {num_experts})"
+        )
+    return [int(e) for e in experts]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _checked_selection(selection: dict[str, Any], num_experts: dict[int, int]) -> dict[int, _LayerChoice]:
     """Source layer -> its validated choice, ascending; unknown or repeated layers raise ValueError."""
     chosen: dict[int, _LayerChoice] = {}
     for record in selection["layers"]:
-        layer = int(record["layer"])
-        if layer not in num_experts:
+        layer = record["layer"]
+        if not _is_int(layer) or layer not in num_experts:
             raise ValueError(f"selection names layer {layer} but the source's MoE layers are {sorted(num_experts)}")
         if layer in chosen:
             raise ValueError(f"selection names layer {layer} more than once")
-        ids = [int(e) for e in record["experts"]]
+        ids = _expert_ids(record, num_experts[layer])
         chosen[layer] = _LayerChoice(ids, _checked_weights(record, num_experts[layer]))
     if not chosen:
         raise ValueError("the selection has no layers")
@@ -137,7 +163,27 @@ def expert_reader(source: nn.Module | CheckpointExperts) -> ExpertReader:
     summary["num_experts"] = family.num_experts(config)
     summary["moe_intermediate_size"] = config.get("moe_intermediate_size")
     summary["moe_layers"] = sorted(num_experts)
-    return ExpertReader(num_experts, stack, matrix_shape, summary)
+    where = str(source.path) if isinstance(source, CheckpointExperts) else type(source).__name__
+    return ExpertReader(num_experts, _finite_only(stack, where), matrix_shape, summary)
+
+
+def _finite_only(
+    stack: Callable[[int, list[int], str], torch.Tensor], where: str
+) -> Callable[[int, list[int], str], torch.Tensor]:
+    """`stack` that refuses experts with NaN or Inf weights: a bank built from them would poison every student."""
+
+    def checked(layer: int, ids: list[int], matrix: str) -> torch.Tensor:
+        tensor = stack(layer, ids, matrix)
+        finite = torch.isfinite(tensor).flatten(0, -2).all(dim=0)
+        if not bool(finite.all()):
+            bad = [expert for expert, ok in zip(ids, finite.tolist(), strict=True) if not ok]
+            raise CheckpointError(
+                f"{where}: NaN or Inf in the {matrix} weights of experts {bad} of layer {layer}; the checkpoint is "
+                "damaged (or was saved after training diverged): use an intact copy"
+            )
+        return tensor
+
+    return checked
 
 
 class _HeaderShapes:
@@ -196,6 +242,7 @@ def extract_bank(
     source_description: dict[str, Any] | None = None,
     progress: bool = True,
     group_layers: int | None = None,
+    finished: FinishedUnits | None = None,
 ) -> KnowledgeBank:
     """Stack the selected experts of every selected layer (or layer group), per matrix, and Tucker-decompose them.
 
@@ -211,6 +258,8 @@ def extract_bank(
         group_layers: G groups of contiguous selected layers (see `group_source_layers`), each decomposed as one
             stack of all its layers' experts; the group's weights are its layers' weights divided by the number
             of layers (so they sum to 1), and the bank's layers are 0..G-1. None: one bank layer per source layer.
+        finished: where each bank layer is kept as soon as it is decomposed; layers found there (made with the
+            same settings, see `FinishedUnits`) are not decomposed again.
     """
     selection = read_selection(selection)
     reader = expert_reader(source)
@@ -221,7 +270,7 @@ def extract_bank(
         experts[key] = [e for layer in layers for e in chosen[layer].experts]
         expert_layers[key] = [layer for layer in layers for _ in chosen[layer].experts]
         weights[key] = (torch.cat([chosen[layer].weights for layer in layers]) / len(layers)).float()
-        entries[key] = {m: _consolidate(reader, chosen, layers, m, consolidator) for m in MATRICES}
+        entries[key] = _layer_entries(key, layers, reader, chosen, consolidator, finished, (weights, experts))
     grouping = None if group_layers is None else {"groups": len(groups), "source_layers": list(groups.values())}
     manifest = {
         "source": {**reader.summary, **(source_description or {})},
@@ -237,6 +286,32 @@ def extract_bank(
         source_groups=groups,
         expert_layers=expert_layers,
     )
+
+
+def _layer_entries(
+    key: int,
+    layers: list[int],
+    reader: ExpertReader,
+    chosen: dict[int, _LayerChoice],
+    consolidator: TuckerConsolidator,
+    finished: FinishedUnits | None,
+    made: tuple[dict[int, torch.Tensor], dict[int, list[int]]],
+) -> dict[str, BankEntry]:
+    """The BankEntry per matrix of bank layer `key`: from `finished` if an earlier run made it, else decomposed
+    (and then kept in `finished`)."""
+    name = f"layer{key}"
+    if finished is not None and finished.has(name):
+        log.info("bank layer %d: decomposed by an earlier run (%s)", key, finished.path(name))
+        return KnowledgeBank.load(finished.path(name)).entries[key]
+    entries = {m: _consolidate(reader, chosen, layers, m, consolidator) for m in MATRICES}
+    if finished is not None:
+        weights, experts = made
+        expert_layers = [layer for layer in layers for _ in chosen[layer].experts]
+        unit = KnowledgeBank(
+            {key: entries}, {key: weights[key]}, {key: experts[key]}, {}, {key: layers}, {key: expert_layers}
+        )
+        unit.save(finished.path(name))
+    return entries
 
 
 @dataclass

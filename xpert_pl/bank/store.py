@@ -33,6 +33,9 @@ MANIFEST_FILE = "manifest.json"
 class BankIntegrityError(ValueError):
     """A bank directory is missing files, or its manifest and tensors disagree."""
 
+    def __str__(self) -> str:
+        return f"{super().__str__()}. Rebuild it: re-run `xpert extract` into that directory."
+
 
 @dataclass
 class BankEntry:
@@ -169,15 +172,25 @@ class KnowledgeBank:
             if not path.is_file():
                 raise BankIntegrityError(f"not a knowledge bank: {path} is missing (was the extract step completed?)")
         manifest = read_json(manifest_path)
+        if not isinstance(manifest, dict):
+            raise BankIntegrityError(f"{manifest_path} holds a {type(manifest).__name__}, not a bank manifest")
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
             raise BankIntegrityError(
                 f"{manifest_path} is not a '{FORMAT}' v{FORMAT_VERSION} manifest "
                 f"(format={manifest.get('format')!r}, version={manifest.get('format_version')!r})"
             )
         digest = sha256_file(tensors_path)
-        if digest != manifest.get("tensors", {}).get("sha256"):
-            raise BankIntegrityError(f"checksum mismatch for {tensors_path}: the file does not match its manifest")
-        return cls._from_tensors(load_tensors(tensors_path), manifest, bank_dir)
+        recorded = manifest.get("tensors")
+        if not isinstance(recorded, dict) or digest != recorded.get("sha256"):
+            raise BankIntegrityError(
+                f"checksum mismatch for {tensors_path}: the file does not match its manifest (corrupt or truncated)"
+            )
+        try:
+            return cls._from_tensors(load_tensors(tensors_path), manifest, bank_dir)
+        except BankIntegrityError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise BankIntegrityError(f"{manifest_path}: malformed manifest ({type(err).__name__}: {err})") from err
 
     @classmethod
     def _from_tensors(cls, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], where: Path) -> KnowledgeBank:

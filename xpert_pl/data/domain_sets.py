@@ -25,7 +25,7 @@ import yaml
 
 from xpert_pl.data.corpus import DomainSpec, resolve_files
 from xpert_pl.errors import ConfigError
-from xpert_pl.paths import DataRootError
+from xpert_pl.paths import DataRootError, path_component_problem
 
 KEYS = tuple(f.name for f in dataclasses.fields(DomainSpec))
 _STRING_KEYS = ("name", "hub_id", "hub_config", "hub_split", "text_field")
@@ -66,6 +66,8 @@ def _entry_problems(entry: Any, where: str) -> list[str]:
     problems = []
     if not entry.get("name"):
         problems.append(f"{where}: missing `name`")
+    elif problem := path_component_problem(entry["name"], "domain name"):
+        problems.append(f"{where}: {problem}")
     unknown = sorted(set(entry) - set(KEYS))
     if unknown:
         problems.append(f"{where}: unknown keys {unknown}; allowed: {list(KEYS)}")

@@ -14,7 +14,9 @@ import datasets
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler
 
 from xpert_pl.artifacts import read_json, write_json
 from xpert_pl.data.corpus import DomainSpec, Split, default_domains, load_domain_texts, resolve_files
@@ -285,6 +287,7 @@ class PretrainDataModule(L.LightningDataModule):
         if trainer is not None and trainer.world_size > 1:
             sampler: Sampler = DistributedSampler(ds, trainer.world_size, trainer.global_rank, shuffle=True, seed=seed)
         else:
+            # torchdata's RandomSampler: the same permutations as torch's, plus its generator in the loader state.
             sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
         return self._loader(ds, drop_last=True, sampler=sampler)
 
@@ -295,7 +298,9 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _loader(self, ds: Any, drop_last: bool, **kwargs: Any) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(
+        # A StatefulDataLoader: Lightning checkpoints its position, so a resumed run continues the data order
+        # where it stopped instead of replaying the epoch from its start.
+        return StatefulDataLoader(
             ds,
             batch_size=self.hparams.batch_size,
             drop_last=drop_last,

@@ -7,12 +7,14 @@ A matrix is a YAML file (see `configs/bench/`):
     source: {config: configs/source/tiny.yaml, steps: 800}         # the source MoE trained here (or `hf: <dir>`)
     analyze: configs/analyze/tiny.yaml
     extract: configs/extract/tiny.yaml
-    scales: {2l: {config: configs/pretrain/tiny.yaml, args: []}}   # student configs (+ CLI overrides)
+    scales: {2l: {config: configs/pretrain/tiny.yaml, args: [], seeds: [0, 1, 2, 3, 4]}}  # student configs
+                                                                    # (+ CLI overrides, + seeds of this scale)
     budgets: {short: 150, long: 300}                                # optimizer steps per pre-training run
-    seeds: [0, 1, 2]
+    seeds: [0, 1, 2]                       # the seeds of every scale that names none
     methods: {scratch: configs/methods/scratch.yaml, xpert: configs/methods/xpert.yaml}
     sweep_methods: [scratch, xpert]        # methods run at every budget; the others only at the largest
-    sft: {config: configs/sft/dolly.yaml, steps: 30, args: []}      # optional follow-up fine-tuning per cell
+    sft: {config: configs/sft/dolly.yaml, steps: 30, args: [],      # optional follow-up fine-tuning of the cells
+          methods: [scratch, xpert], scales: [2l]}                  # at the largest budget (default: all of them)
 
 Every run of a cell gets the same seed for weights and data order across methods, so methods are compared paired.
 """
@@ -25,18 +27,35 @@ from typing import Any
 
 import yaml
 
-from xpert_pl.errors import raise_if_problems
+from xpert_pl.errors import ConfigError, raise_if_problems
+from xpert_pl.paths import path_component_problem
 
 BASELINE = "scratch"
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A config file with extra command-line overrides and, for training stages, a step count."""
+    """A config file with extra command-line overrides and, for training stages, a step count.
+
+    Attributes:
+        seeds: for a student scale, its own seeds (e.g. 5 for the headline scale, 3 for the others); None: the
+            matrix's seeds.
+    """
 
     config: Path
     args: tuple[str, ...] = ()
     steps: int | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """The follow-up fine-tuning: a training stage run after the cells of `methods` x `scales` (None: all) at the
+    largest budget."""
+
+    stage: Stage
+    methods: tuple[str, ...] | None = None
+    scales: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,12 +86,24 @@ class ExperimentMatrix:
     methods: dict[str, Path]
     sweep_methods: list[str]
     data: dict[str, Any] = field(default_factory=dict)
-    sft: Stage | None = None
+    sft: FollowUp | None = None
     source_hf: Path | None = None
 
     @property
     def largest_budget(self) -> str:
         return max(self.budgets, key=self.budgets.__getitem__)
+
+    def wants_sft(self, cell: Cell) -> bool:
+        """Whether the follow-up fine-tuning runs after `cell`."""
+        sft = self.sft
+        if sft is None or cell.budget != self.largest_budget:
+            return False
+        return (sft.methods is None or cell.method in sft.methods) and (sft.scales is None or cell.scale in sft.scales)
+
+    def scale_seeds(self, scale: str) -> list[int]:
+        """The seeds of a student scale: its own, else the matrix's."""
+        own = self.scales[scale].seeds
+        return list(own) if own is not None else list(self.seeds)
 
     def cells(self) -> list[Cell]:
         """Every pre-training run, in a stable order: budget, scale, seed, method (methods of a seed together)."""
@@ -80,7 +111,7 @@ class ExperimentMatrix:
         for budget, steps in sorted(self.budgets.items(), key=lambda kv: kv[1]):
             methods = [m for m in self.methods if budget == self.largest_budget or m in self.sweep_methods]
             for scale in self.scales:
-                for seed in self.seeds:
+                for seed in self.scale_seeds(scale):
                     cells += [Cell(scale, budget, method, seed, steps) for method in methods]
         return cells
 
@@ -94,7 +125,12 @@ def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentM
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment matrix '{path}' not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path} is not valid YAML: {err}"]) from err
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping of matrix keys (see configs/bench/), got {type(raw).__name__}"])
     base = Path(root) if root is not None else Path.cwd()
     problems: list[str] = []
     matrix = _build(raw, base, problems)
@@ -105,16 +141,64 @@ def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentM
 def _stage(spec: Any, base: Path, name: str, problems: list[str], needs_steps: bool = False) -> Stage:
     if isinstance(spec, str):
         spec = {"config": spec}
-    if not isinstance(spec, dict) or "config" not in spec:
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), str) or not spec["config"]:
         problems.append(f"{name}: give a config path or {{config: <yaml>, args: [...]}}")
         return Stage(Path("."))
     config = base / spec["config"]
     if not config.is_file():
         problems.append(f"{name}: config '{config}' does not exist")
     steps = spec.get("steps")
-    if needs_steps and (not isinstance(steps, int) or steps < 1):
+    if needs_steps and (not _is_int(steps) or steps < 1):
         problems.append(f"{name}: 'steps' must be a positive integer, got {steps!r}")
-    return Stage(config, tuple(str(a) for a in spec.get("args", [])), steps)
+    args = spec.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
+        problems.append(f"{name}.args: a list of command-line arguments, got {args!r}")
+        args = []
+    seeds = spec.get("seeds")
+    if seeds is not None and not _distinct_ints(seeds):
+        problems.append(f"{name}.seeds: a list of distinct integers, got {seeds!r}")
+    own_seeds = tuple(seeds) if seeds is not None and _distinct_ints(seeds) else None
+    return Stage(config, tuple(str(a) for a in args), steps, own_seeds)
+
+
+def _mapping(raw: dict[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
+    """`raw[key]` as a mapping with string keys ({} if absent); a problem if it is something else."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {}
+    return {str(k): v for k, v in value.items()}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _follow_up(
+    spec: Any, base: Path, methods: dict[str, Path], scales: dict[str, Stage], problems: list[str]
+) -> FollowUp:
+    stage = _stage(spec, base, "sft", problems, needs_steps=True)
+    spec = spec if isinstance(spec, dict) else {}
+    chosen = {}
+    for key, known in (("methods", methods), ("scales", scales)):
+        names = spec.get(key)
+        if names is not None and not isinstance(names, list):
+            problems.append(f"sft.{key}: a list of names, got {names!r}")
+        elif names is not None:
+            problems += [f"sft.{key}: '{n}' is not one of the {key}" for n in names if str(n) not in known]
+            chosen[key] = tuple(str(n) for n in names)
+    return FollowUp(stage, chosen.get("methods"), chosen.get("scales"))
+
+
+def _distinct_ints(values: Any) -> bool:
+    return (
+        isinstance(values, list)
+        and bool(values)
+        and all(_is_int(v) for v in values)
+        and len(set(values)) == len(values)
+    )
 
 
 def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMatrix:
@@ -123,33 +207,60 @@ def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMa
     problems += [f"unknown key '{k}'; known keys: {', '.join(sorted(known))}" for k in raw if k not in known]
     source_spec = raw.get("source", {})
     source_hf = source_spec.get("hf") if isinstance(source_spec, dict) else None
+    if source_hf is not None and not isinstance(source_hf, str):
+        problems.append(f"source.hf: a Hugging Face model directory or id, got {source_hf!r}")
+        source_hf = None
     source = Stage(Path(".")) if source_hf else _stage(source_spec, base, "source", problems, needs_steps=True)
-    methods = {str(k): base / v for k, v in (raw.get("methods") or {}).items()}
-    problems += [f"methods.{k}: '{v}' does not exist" for k, v in methods.items() if not v.is_file()]
-    if BASELINE not in methods:
-        problems.append(f"methods must include the baseline '{BASELINE}' (every comparison is paired against it)")
-    budgets = raw.get("budgets") or {}
-    if not budgets or any(not isinstance(v, int) or v < 1 for v in budgets.values()):
+    methods = _methods(_mapping(raw, "methods", problems), base, problems)
+    budgets = _mapping(raw, "budgets", problems)
+    if not budgets or any(not _is_int(v) or v < 1 for v in budgets.values()):
         problems.append(f"budgets: a mapping name -> positive number of optimizer steps, got {budgets!r}")
+        budgets = {}
     seeds = raw.get("seeds") or []
-    if not seeds or len(set(seeds)) != len(seeds) or any(not isinstance(s, int) for s in seeds):
+    if not _distinct_ints(seeds):
         problems.append(f"seeds: a list of distinct integers, got {seeds!r}")
-    sweep = [str(m) for m in raw.get("sweep_methods", [BASELINE])]
+        seeds = []
+    sweep = raw.get("sweep_methods", [BASELINE])
+    if not isinstance(sweep, list):
+        problems.append(f"sweep_methods: a list of method names, got {sweep!r}")
+        sweep = []
+    sweep = [str(m) for m in sweep]
     problems += [f"sweep_methods: '{m}' is not one of the methods" for m in sweep if m not in methods]
-    scales = {str(k): _stage(v, base, f"scales.{k}", problems) for k, v in (raw.get("scales") or {}).items()}
+    scales = {k: _stage(v, base, f"scales.{k}", problems) for k, v in _mapping(raw, "scales", problems).items()}
+    for key, names in (("scales", scales), ("budgets", budgets), ("methods", _mapping(raw, "methods", []))):
+        problems += [p for name in names if (p := path_component_problem(name, f"{key} name"))]
     if not scales:
         problems.append("scales: at least one student config")
+    out_dir = raw.get("out_dir", "runs/bench")
+    if not isinstance(out_dir, str) or not out_dir:
+        problems.append(f"out_dir: a directory path, got {out_dir!r}")
+        out_dir = "runs/bench"
+    sft = raw.get("sft")
     return ExperimentMatrix(
-        out_dir=base / raw.get("out_dir", "runs/bench"),
+        out_dir=base / out_dir,
         source=source,
         analyze=_stage(raw.get("analyze"), base, "analyze", problems),
         extract=_stage(raw.get("extract"), base, "extract", problems),
         scales=scales,
-        budgets={str(k): v for k, v in budgets.items()},
+        budgets=budgets,
         seeds=list(seeds),
         methods=methods,
         sweep_methods=sweep,
-        data=dict(raw.get("data") or {}),
-        sft=_stage(raw["sft"], base, "sft", problems, needs_steps=True) if raw.get("sft") else None,
+        data=_mapping(raw, "data", problems),
+        sft=_follow_up(sft, base, methods, scales, problems) if sft else None,
         source_hf=Path(source_hf) if source_hf else None,
     )
+
+
+def _methods(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str, Path]:
+    methods = {}
+    for name, path in raw.items():
+        if not isinstance(path, str) or not path:
+            problems.append(f"methods.{name}: a method YAML path, got {path!r}")
+        elif not (base / path).is_file():
+            problems.append(f"methods.{name}: '{base / path}' does not exist")
+        else:
+            methods[name] = base / path
+    if BASELINE not in raw:
+        problems.append(f"methods must include the baseline '{BASELINE}' (every comparison is paired against it)")
+    return methods

@@ -169,7 +169,7 @@ class MatrixRunner:
 
     def sft_command(self, cell: Cell) -> list[str]:
         """The follow-up fine-tuning of a cell: a warm start from its exported model."""
-        sft, run_dir = self.matrix.sft, cell.directory(self.matrix.out_dir)
+        sft, run_dir = self.matrix.sft.stage, cell.directory(self.matrix.out_dir)
         data = {k: v for k, v in self.data_settings().items() if k in ("data_root", "tokenizer")}
         return [
             *(sys.executable, "-m", "xpert_pl.cli", "fit", "--config", str(sft.config), *sft.args),
@@ -189,7 +189,7 @@ class MatrixRunner:
         record = {**_describe(cell), "status": "running", "stage_wall_s": record.get("stage_wall_s", {})}
         write_json(run_dir / CELL_FILE, record)
         stages = [("pretrain", self.pretrain_command, run_dir / "hf" / "config.json")]
-        if self.matrix.sft is not None:
+        if self.matrix.wants_sft(cell):
             stages.append(("sft", self.sft_command, run_dir / "sft" / "hf" / "config.json"))
         for name, build, marker in stages:
             if marker.is_file():

@@ -286,11 +286,17 @@ def _expected_cells(matrix: dict[str, Any]) -> list[AbsentCell]:
         return []
     largest = max(budgets, key=budgets.__getitem__)
     sweep = [str(m) for m in matrix.get("sweep_methods", [BASELINE])]
+    scales = matrix.get("scales") or {}
+
+    def seeds(scale: str) -> list:
+        own = scales[scale].get("seeds") if isinstance(scales[scale], dict) else None
+        return own if own is not None else matrix.get("seeds") or []
+
     return [
         AbsentCell(str(scale), str(budget), method, int(seed))
         for budget in budgets
-        for scale in matrix.get("scales") or {}
-        for seed in matrix.get("seeds") or []
+        for scale in scales
+        for seed in seeds(scale)
         for method in methods
         if budget == largest or method in sweep
     ]

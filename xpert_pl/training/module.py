@@ -43,6 +43,7 @@ class CausalLMModule(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         init_checkpoint: str | None = None,
+        compile: bool = False,
     ):
         """
         Args:
@@ -62,6 +63,8 @@ class CausalLMModule(L.LightningModule):
             init_checkpoint: warm start: load weights from a Hugging Face model directory or a Lightning
                 `.ckpt` before training (optimizer and step start fresh). Not the same as resuming
                 (`--ckpt_path`), and the two cannot be combined.
+            compile: compile the model's forward with `torch.compile` (in place, so checkpoint and export keys do
+                not change); for GPU runs (configs/gpu/compile.yaml).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["model", "initializer", "objective"])
@@ -91,6 +94,8 @@ class CausalLMModule(L.LightningModule):
             self.init_report = load_warm_start(self.model, self.hparams.init_checkpoint)
         else:
             self.init_report = self.initializer.initialize(self.model)
+        if self.hparams.compile:
+            self.model.compile()
         log.info(
             "built %s with %s parameters; %s set %d tensors",
             type(self.model).__name__,

@@ -1,0 +1,113 @@
+"""What the `xpert` command says when a run cannot start or cannot finish: one paragraph naming the problem and
+the fix (exit status 2), instead of a traceback. The README's bad-input table lists the cases."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import inspect
+import itertools
+import pickle
+import re
+
+from xpert_pl.errors import ConfigError
+
+# Parser keys that take a `class_path`, and the packages whose public classes are valid there.
+PLUGGABLE = {
+    "model.initializer": ("xpert_pl.initializers.base:Initializer", ("xpert_pl.initializers",)),
+    "model.objective": ("xpert_pl.training.objectives:TrainingObjective", ("xpert_pl.training",)),
+    "model.model": ("xpert_pl.models:ModelBuilder", ("xpert_pl.models",)),
+    "data": ("lightning:LightningDataModule", ("xpert_pl.data",)),
+    "trainer.callbacks": ("lightning.pytorch.callbacks:Callback", ("xpert_pl.callbacks",)),
+}
+_DEBUG_HINT = "(run with --debug for the traceback)"
+
+
+def valid_class_paths(key: str) -> list[str]:
+    """Public, concrete classes usable at parser key `key` (e.g. `model.initializer`), as import paths."""
+    if key not in PLUGGABLE:
+        return []
+    base_spec, packages = PLUGGABLE[key]
+    module_name, base_name = base_spec.split(":")
+    base = getattr(importlib.import_module(module_name), base_name)
+    paths = []
+    for package in packages:
+        module = importlib.import_module(package)
+        for name in getattr(module, "__all__", dir(module)):
+            obj = getattr(module, name, None)
+            if inspect.isclass(obj) and issubclass(obj, base) and not inspect.isabstract(obj) and obj is not base:
+                paths.append(f"{package}.{name}")
+    return sorted(paths)
+
+
+def explain(err: BaseException, command: str, argv: list[str]) -> str | None:
+    """The message for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    if isinstance(err, argparse.ArgumentError):
+        return _argument_error(err, command, argv)
+    if isinstance(err, pickle.UnpicklingError):
+        return _unpickling_error(err, argv)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" ({err.filename})" if err.filename else ""
+        return (
+            f"the disk is full{where}: nothing partial was kept (artifacts are written to a temporary name and "
+            "renamed). Free space, or point the output (--out_dir / --trainer.logger.init_args.save_dir) at another "
+            "disk, and re-run; finished stages are kept."
+        )
+    if isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
+        return str(err)
+    return None
+
+
+def _broken_yaml(argv: list[str]) -> str | None:
+    """The first `--config` file that is not valid YAML, with the parser's complaint."""
+    import yaml
+
+    paths = [b for a, b in itertools.pairwise(argv) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path) as f:
+                yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as err:
+            return f"config file '{path}' is not valid YAML: {err}"
+    return None
+
+
+def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) -> str:
+    text = str(err).strip()
+    if "Problems parsing config" in text and (broken := _broken_yaml(argv)):
+        text = broken
+    hint = (
+        f" Every valid key, with its documentation: `xpert {command} --config <your yaml> --print_config` "
+        f"(or `xpert {command} --help`)."
+    )
+    match = re.search(r'Parser key "([^"]+)"', text)
+    key = re.sub(r"\.init_args$", "", match.group(1)) if match else ""
+    key = re.sub(r"\.\d+$", "", key)
+    if "class_path" in text or "import path" in text.lower():
+        valid = valid_class_paths(key)
+        if valid:
+            hint = f" Valid classes for {key}: {', '.join(valid)}." + hint
+    return f"{text}\n{hint.strip()}"
+
+
+def _unpickling_error(err: pickle.UnpicklingError, argv: list[str]) -> str:
+    named = [a.split("=", 1)[1] for a in argv if a.startswith(("--ckpt_path=", "--model.init_checkpoint="))]
+    where = f" ({', '.join(named)})" if named else ""
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"refused to load a checkpoint{where}: it holds pickled Python objects beyond tensors and plain data, "
+        f"which could run code when loaded ({first_line}). Checkpoints are loaded with torch.load(weights_only=True). "
+        "If you made this file yourself and trust it, pass --weights_only=false (resuming) or re-export it as "
+        "safetensors (warm start)."
+    )
+
+
+def report(err: BaseException, command: str, argv: list[str], stream) -> bool:
+    """Print the message for `err` to `stream` and return True, or return False if it is not a user error."""
+    message = explain(err, command, argv)
+    if message is None:
+        return False
+    print(f"xpert {command}: error: {message}\n{_DEBUG_HINT}", file=stream)
+    return True
