@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -58,6 +59,8 @@ def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
 
     if not run and args and args[0] in LIGHTNING_COMMANDS:
         args = args[1:]
+    # `xpert` passes its own argv on purpose; Lightning would warn that sys.argv holds the same arguments.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return XpertCLI(
         CausalLMModule,
         LightningDataModule,

@@ -86,6 +86,10 @@ def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) 
     key = re.sub(r"\.init_args$", "", match.group(1)) if match else ""
     key = re.sub(r"\.\d+$", "", key)
     if "class_path" in text or "import path" in text.lower():
+        problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
+        missing = problem and re.search(r"has no attribute|No module named|not a subclass", problem.group(2))
+        if missing and key:  # the class itself is unknown; other class_path problems keep jsonargparse's detail
+            text = f"{key}: cannot use class '{problem.group(1)}' ({problem.group(2).strip()})."
         valid = valid_class_paths(key)
         if valid:
             hint = f" Valid classes for {key}: {', '.join(valid)}." + hint
