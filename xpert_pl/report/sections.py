@@ -212,7 +212,9 @@ def eval_section(analysis: Analysis, scale: str, budget: str, prefix: str, title
     keys = analysis.metric_keys(scale, budget, prefix)
     if not keys:
         return []
+    # Only the methods that were evaluated (a matrix may fine-tune and evaluate a subset of them).
     methods = analysis.runs.methods(scale, budget)
+    methods = [m for m in methods if any(analysis.values(scale, budget, m, k) for k in keys)]
     rows = [
         [k.removeprefix(prefix), *[fmt_spread(analysis.spread(scale, budget, m, k)) for m in methods]] for k in keys
     ]
@@ -243,10 +245,12 @@ def control_sentence(control: str, loss: Paired, steps: Paired) -> str:
             f"XPERT's final loss differs from `{control}`'s by {loss.mean_diff:+.4f}, but the difference is not "
             f"significant {numbers}; the CI includes 0: this run cannot tell knowledge from statistics."
         )
+    text += _caveat(loss) if loss.direction in ("lower", "higher") else ""
     if steps.direction in ("lower", "higher"):
         word = "sooner" if steps.direction == "lower" else "later"
         text += (
-            f" XPERT reaches scratch's final loss {word} ({steps.mean_diff:+.3f} of scratch's steps, CI excludes 0)."
+            f" XPERT reaches scratch's final loss {word} ({steps.mean_diff:+.3f} of scratch's steps, CI excludes 0"
+            f"{'' if _caveat(steps) == '' else f'; t-test p = {fmt_p(steps.p_value)}, {steps.n} seeds'})."
         )
     return text
 
