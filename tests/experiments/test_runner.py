@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from xpert_pl.experiments.matrix import load_matrix
-from xpert_pl.experiments.runner import MatrixRunner, artifact_overrides
+from xpert_pl.experiments.runner import XPERT, MatrixRunner, artifact_overrides, run_forked
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,3 +121,12 @@ def test_a_real_tiny_matrix_runs_then_skips_everything(tmp_path, tiny_data_root,
     init = json.loads((out / "cells/2l/only/xpert/seed0/init_report.json").read_text())
     assert init["initializer"] == "xpert" and init["details"]["bank"] == str(out / "shared" / "bank")
     assert runner.run(path) == {"skipped": 2}
+
+
+def test_forked_xpert_commands_log_their_output_and_return_the_exit_status(tmp_path):
+    log_file = tmp_path / "cell" / "run.log"
+    assert run_forked([*XPERT, "bench", "run", str(tmp_path / "missing.yaml")], log_file) == 2
+    assert "not found" in log_file.read_text()  # the child's stderr, appended to the log
+    assert run_forked([*XPERT, "--help"], log_file) == 0
+    assert "commands:" in log_file.read_text() and "not found" in log_file.read_text()
+    assert run_forked([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "other.log") == 3  # not xpert
