@@ -270,7 +270,8 @@ def extract_bank(
         experts[key] = [e for layer in layers for e in chosen[layer].experts]
         expert_layers[key] = [layer for layer in layers for _ in chosen[layer].experts]
         weights[key] = (torch.cat([chosen[layer].weights for layer in layers]) / len(layers)).float()
-        entries[key] = _layer_entries(key, layers, reader, chosen, consolidator, finished, (weights, experts))
+        made = (weights[key], experts[key], expert_layers[key])
+        entries[key] = _layer_entries(key, layers, reader, chosen, consolidator, finished, made)
     grouping = None if group_layers is None else {"groups": len(groups), "source_layers": list(groups.values())}
     manifest = {
         "source": {**reader.summary, **(source_description or {})},
@@ -295,21 +296,18 @@ def _layer_entries(
     chosen: dict[int, _LayerChoice],
     consolidator: TuckerConsolidator,
     finished: FinishedUnits | None,
-    made: tuple[dict[int, torch.Tensor], dict[int, list[int]]],
+    made: tuple[torch.Tensor, list[int], list[int]],
 ) -> dict[str, BankEntry]:
     """The BankEntry per matrix of bank layer `key`: from `finished` if an earlier run made it, else decomposed
-    (and then kept in `finished`)."""
+    (and then kept in `finished` with `made`: the layer's expert weights, expert ids and their source layers)."""
     name = f"layer{key}"
     if finished is not None and finished.has(name):
         log.info("bank layer %d: decomposed by an earlier run (%s)", key, finished.path(name))
         return KnowledgeBank.load(finished.path(name)).entries[key]
     entries = {m: _consolidate(reader, chosen, layers, m, consolidator) for m in MATRICES}
     if finished is not None:
-        weights, experts = made
-        expert_layers = [layer for layer in layers for _ in chosen[layer].experts]
-        unit = KnowledgeBank(
-            {key: entries}, {key: weights[key]}, {key: experts[key]}, {}, {key: layers}, {key: expert_layers}
-        )
+        weights, experts, expert_layers = made
+        unit = KnowledgeBank({key: entries}, {key: weights}, {key: experts}, {}, {key: layers}, {key: expert_layers})
         unit.save(finished.path(name))
     return entries
 
