@@ -28,7 +28,7 @@ class HFExport(L.Callback):
         if not trainer.is_global_zero or log_dir is None:
             return
         target = Path(log_dir) / self.dirname
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, "hf-model") as tmp:
             pl_module.model.save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
             tokenizer = getattr(trainer.datamodule, "tokenizer", None)
             if tokenizer is not None:

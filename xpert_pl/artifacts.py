@@ -1,4 +1,12 @@
-"""Atomic writing of artifacts (safetensors + JSON manifests) so a killed run never leaves a partial file."""
+"""Atomic writing of artifacts (safetensors + JSON manifests) so a killed run never leaves a partial file, and the
+rule that an output directory is replaced only when it is an artifact of the same kind that the kit wrote.
+
+Every artifact directory the kit writes holds `xpert_artifact.json` (`{"kind": ..., "version": ...}`); an existing
+directory at an output path is replaced only when that marker names the same kind (or the directory is empty), and
+only once the new directory is complete. Anything else (a user's folder, the working directory, a run folder given
+as a bank's `out_dir`) is refused before any work starts. Files and directories get the permissions the umask
+allows, as `open()` and `mkdir()` would give them.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,87 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from xpert_pl.errors import ConfigError
+
+ARTIFACT_FILE = "xpert_artifact.json"
+# Kinds whose older directories predate the marker file: recognised by the file the kit always wrote into them.
+_LEGACY_MARKERS = {
+    "analysis": "counts.json",
+    "bank": "manifest.json",
+    "hf-model": "xpert_export.json",
+    "tokenizer": "xpert_tokenizer.json",
+    "untrained-source": "untrained.json",
+}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normal_permissions(path: str | os.PathLike) -> None:
+    """Give `path` the mode `open()`/`mkdir()` would (0666/0777 less the umask): temporary files are owner-only."""
+    path = Path(path)
+    full = 0o777 if path.is_dir() else 0o666
+    path.chmod(full & ~_umask())
+
+
+def artifact_kind(path: str | os.PathLike) -> str | None:
+    """The kind of kit artifact at `path` (from its marker, or a legacy kind's own file), else None."""
+    path = Path(path)
+    marker = path / ARTIFACT_FILE
+    if marker.is_file():
+        try:
+            kind = json.loads(marker.read_text(encoding="utf-8")).get("kind")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+        return kind if isinstance(kind, str) else None
+    return next((kind for kind, name in _LEGACY_MARKERS.items() if (path / name).is_file()), None)
+
+
+def replace_problem(path: str | os.PathLike, kind: str, option: str = "--out_dir") -> str | None:
+    """Why an artifact of `kind` may not be written at `path` (None when it may: absent, empty, or same kind)."""
+    path = Path(path).expanduser()
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        return (
+            f"{option} '{path}' is the working directory or one of its parents; the kit writes a {kind} into a "
+            "directory of its own: give a new path such as runs/<name>"
+        )
+    if path.exists() and not path.is_dir():
+        return f"{option} '{path}' is a file, not a directory; give a new path for the {kind}"
+    if not path.is_dir() or not any(path.iterdir()) or artifact_kind(path) == kind:
+        return None
+    found = artifact_kind(path)
+    what = f"a {found} the kit wrote" if found else f"not a {kind} the kit wrote (no {ARTIFACT_FILE} of that kind)"
+    return (
+        f"{option} '{path}' already exists and is {what}; the kit replaces only its own {kind} there, so nothing "
+        "was written. Give a new path, or move that directory away yourself"
+    )
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, option: str = "--out_dir") -> None:
+    """Raise ConfigError (exit status 2) when an artifact of `kind` may not be written at `path`."""
+    if (problem := replace_problem(path, kind, option)) is not None:
+        raise ConfigError([problem])
+
+
+def writable_problem(path: str | os.PathLike, option: str = "--out_dir") -> str | None:
+    """Why `path` (to be created, or replaced through a sibling) cannot be written, else None."""
+    target = Path(path).expanduser().resolve()
+    # A new path needs its nearest existing ancestor writable; an existing one its parent (the sibling lives there).
+    directory = target.parent if target.exists() else next(p for p in target.parents if p.exists())
+    if directory.is_dir() and os.access(directory, os.W_OK | os.X_OK):
+        return None
+    return f"{option} '{path}': cannot write into '{directory}' (permission denied or read-only file system)"
+
+
+def output_problems(out_dir: str, kind: str) -> list[str]:
+    """Why an artifact of `kind` cannot be written at `out_dir` (not the kit's, not writable), checked up front."""
+    problems = [replace_problem(out_dir, kind), writable_problem(out_dir)]
+    return [p for p in problems if p is not None]
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -26,6 +115,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        normal_permissions(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -33,19 +123,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces `path` as a whole once the block succeeds."""
+def atomic_directory(path: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Yield a temporary sibling directory that becomes the artifact `path` once the block succeeds.
+
+    `path` must be absent, empty, or an artifact of the same `kind` (checked before and after the block); an old
+    artifact is moved aside and removed only after the new one is in place.
+    """
     path = Path(path)
+    check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        write_json(tmp / ARTIFACT_FILE, {"kind": kind, "version": 1})
+        for item in (tmp, *tmp.rglob("*")):
+            normal_permissions(item)
+        check_replaceable(path, kind)  # the block may have run for hours: look again
+        _swap_in(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename `new` onto `path`; an existing `path` (an empty directory or an old artifact) is removed afterwards."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old.rmdir()
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except OSError:
+        os.replace(old, path)  # put the old artifact back: nothing is lost
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

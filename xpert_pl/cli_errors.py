@@ -10,6 +10,7 @@ import inspect
 import itertools
 import pickle
 import re
+from pathlib import Path
 
 from xpert_pl.errors import ConfigError
 
@@ -48,24 +49,52 @@ def explain(err: BaseException, command: str, argv: list[str]) -> str | None:
     if isinstance(err, pickle.UnpicklingError):
         return _unpickling_error(err, argv)
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        where = f" ({err.filename})" if err.filename else ""
+        where = f" while writing {err.filename}" if err.filename else ""
         return (
-            f"the disk is full{where}: nothing partial was kept (artifacts are written to a temporary name and "
-            "renamed). Free space, or point the output (--out_dir / --trainer.logger.init_args.save_dir) at another "
-            "disk, and re-run; finished stages are kept."
+            f"the disk is full{where}: that file was not kept, not even in part (artifacts and checkpoints are "
+            "written to a temporary name and renamed); everything finished before it is intact: earlier "
+            "checkpoints (resume with --ckpt_path last), finished domains, bank layers and stages. Free space, or "
+            "point the output (--out_dir / --trainer.logger.init_args.save_dir) at another disk, and re-run."
+        )
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "the file system is read-only" if err.errno == errno.EROFS else "permission denied"
+        return (
+            f"cannot write {err.filename or 'the output'} ({what}); nothing partial was kept. Choose an output "
+            "folder you can write (--out_dir / --trainer.logger.init_args.save_dir) and re-run."
         )
     if isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
         return str(err)
     return None
 
 
+def config_files(argv: list[str]) -> list[str]:
+    """The `--config` files of a command line."""
+    paths = [b for a, b in itertools.pairwise(argv) if a in ("--config", "-c")]
+    return paths + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
+def duplicate_key_problems(paths: list[str]) -> list[str]:
+    """A problem per YAML file that repeats a key in one mapping (YAML readers silently keep the last value)."""
+    import yaml
+
+    from xpert_pl.yaml_io import DuplicateKeyError, load_yaml
+
+    problems = []
+    for path in paths:
+        try:
+            load_yaml(Path(path).read_text(encoding="utf-8"))
+        except DuplicateKeyError as err:
+            problems.append(f"config file '{path}': {err}; keep one of them")
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            pass  # reported by the parser, with its own message
+    return problems
+
+
 def _broken_yaml(argv: list[str]) -> str | None:
     """The first `--config` file that is not valid YAML, with the parser's complaint."""
     import yaml
 
-    paths = [b for a, b in itertools.pairwise(argv) if a in ("--config", "-c")]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for path in paths:
+    for path in config_files(argv):
         try:
             with open(path) as f:
                 yaml.safe_load(f)
@@ -85,6 +114,8 @@ def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) 
     match = re.search(r'Parser key "([^"]+)"', text)
     key = re.sub(r"\.init_args$", "", match.group(1)) if match else ""
     key = re.sub(r"\.\d+$", "", key)
+    if (unwrapped := _type_error(text)) is not None:
+        return f"{unwrapped}\n{hint.strip()}"
     if "class_path" in text or "import path" in text.lower():
         problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
         missing = problem and re.search(r"has no attribute|No module named|not a subclass", problem.group(2))
@@ -94,6 +125,28 @@ def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) 
         if valid:
             hint = f" Valid classes for {key}: {', '.join(valid)}." + hint
     return f"{text}\n{hint.strip()}"
+
+
+def _type_error(text: str) -> str | None:
+    """jsonargparse's nested 'does not validate' report of a value of the wrong type, as one sentence."""
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    expected = re.search(r"Expected an? (.+?)\. Got value: (.*)", text)
+    if not keys or expected is None:
+        return None
+    owner = re.search(r"Problem with given class_path '([^']+)'", text)
+    key = f"{keys[0]}.init_args.{keys[-1]}" if owner and len(keys) > 1 else keys[0]
+    where = f" (an argument of {owner.group(1)})" if owner else ""
+    return f"--{key}{where}: expected {_type_words(expected.group(1))}, got '{expected.group(2).strip()}'."
+
+
+def _type_words(spec: str) -> str:
+    """'<class 'int'>' -> 'an int'; "typing.Literal['a', 'b']" -> "one of 'a', 'b'"; anything else as it is."""
+    if literal := re.fullmatch(r"typing\.Literal\[(.*)\]", spec):
+        return f"one of {literal.group(1)}"
+    if plain := re.fullmatch(r"<class '([\w.]+)'>", spec):
+        name = plain.group(1).rsplit(".", 1)[-1]
+        return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    return spec
 
 
 def _unpickling_error(err: pickle.UnpicklingError, argv: list[str]) -> str:

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from xpert_pl.analysis import ActivationCounts, ConsistentExpertSelector, ExpertSelector, model_fingerprint
 from xpert_pl.analysis.counter import Precision
+from xpert_pl.artifacts import atomic_directory, output_problems, replace_problem
 from xpert_pl.bank import TuckerConsolidator, extract_bank
 from xpert_pl.bank.extract import read_selection
 from xpert_pl.data import PretrainDataModule
@@ -57,11 +58,17 @@ def analyze(
     from xpert_pl.analysis.run import write_analysis
     from xpert_pl.data.domain_sets import describe_domain_set
 
-    _prepare_domains(data, domains, devices)  # before the (possibly large) model is loaded
+    selector = selector or ConsistentExpertSelector()
+    # Everything the config, the model's config.json and the data files allow is checked before any tokenising
+    # or model loading.
+    problems = output_problems(out_dir, "analysis")
+    problems += _source_problems(model, selector, trust_remote_code)
+    problems += _prepare_domains(data, domains, devices, selector)
+    raise_if_problems(problems)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(precision, device)
     source = load_causal_lm(model, trust_remote_code=trust_remote_code, dtype=dtype)
-    layers = moe_layers(source)  # fails with the list of supported families before any data work
+    layers = moe_layers(source)
     if data.vocab_size > source.config.vocab_size:
         raise_if_problems(
             [
@@ -90,7 +97,8 @@ def analyze(
         # Always-on experts are not routed, so they are never counted or selectable; listed for the record.
         "shared_experts": {str(layer.index): layer.shared for layer in layers if layer.shared},
     }
-    selection = write_analysis(counts, out_dir, selector or ConsistentExpertSelector(), meta, plots)
+    with atomic_directory(out_dir, "analysis") as tmp:
+        selection = write_analysis(counts, tmp, selector, meta, plots)
     if finished is not None:
         finished.discard()
     for layer in selection.layers:
@@ -98,8 +106,10 @@ def analyze(
     log.info("analysis written to %s", Path(out_dir).resolve())
 
 
-def _prepare_domains(data: PretrainDataModule, domains: str | None, devices: int) -> None:
-    """Swap in the domain set `domains` (if given), then check every local domain has data and `devices`."""
+def _prepare_domains(
+    data: PretrainDataModule, domains: str | None, devices: int, selector: ExpertSelector
+) -> list[str]:
+    """Swap in the domain set `domains` (if given); the problems of its files, `devices` and the selector's domain."""
     from xpert_pl.data.domain_sets import domain_file_problems, load_domain_set
 
     if domains is not None:
@@ -109,7 +119,35 @@ def _prepare_domains(data: PretrainDataModule, domains: str | None, devices: int
     problems = domain_file_problems(data.domains, data.hparams.data_root)
     if devices < 1:
         problems.append(f"devices must be >= 1, got {devices}")
-    raise_if_problems(problems)
+    wanted = getattr(selector, "domain", None)
+    if wanted is not None and wanted not in data.domain_names:
+        problems.append(
+            f"selector {type(selector).__name__} names domain '{wanted}', which is not analysed "
+            f"(domains: {', '.join(data.domain_names)})"
+        )
+    return problems
+
+
+def _source_problems(model: str, selector: ExpertSelector, trust_remote_code: bool) -> list[str]:
+    """Problems the source's config.json shows without loading weights: its family, and the selector's n."""
+    from transformers import AutoConfig
+
+    from xpert_pl.families import UnsupportedModelError, family_of
+
+    if not Path(model).exists() and Path(model).is_absolute():
+        return [f"--model '{model}' does not exist; give a Hugging Face model directory or hub id"]
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        return [f"--model '{model}': cannot read its config.json ({str(err).splitlines()[0]})"]
+    try:
+        family = family_of(config)
+    except UnsupportedModelError as err:
+        return [f"--model '{model}': {err}"]
+    experts = family.num_experts(config)
+    if selector.n is not None and selector.n > experts:
+        return [f"selector keeps n={selector.n} experts per layer but '{model}' has {experts}; lower selector.n"]
+    return []
 
 
 def _count_routing(
@@ -180,6 +218,8 @@ def extract(
 
     if not Path(selection).is_file():
         raise FileNotFoundError(f"selection '{selection}' not found; run `xpert analyze` first")
+    if not dry_run:
+        raise_if_problems(output_problems(out_dir, "bank"))
     consolidator = consolidator or TuckerConsolidator()
     if Path(model).is_dir() and has_safetensors_weights(model):
         # Read only the selected experts' tensors: a large source never has to fit in memory.
@@ -190,7 +230,9 @@ def extract(
         source = load_causal_lm(model, trust_remote_code=trust_remote_code)
     if dry_run:
         print(format_plan(plan_extraction(source, selection, consolidator, group_layers)))
-        fate = "exists and would be replaced" if Path(out_dir).exists() else "would be created"
+        problem = replace_problem(out_dir, "bank")
+        fate = "would be created" if not Path(out_dir).exists() else "exists and would be replaced"
+        fate = fate if problem is None else f"would be refused: {problem}"
         print(f"dry run: nothing was decomposed or written ({out_dir} {fate})")
         return
     fingerprint = source.fingerprint() if isinstance(source, CheckpointExperts) else model_fingerprint(source)

@@ -208,12 +208,14 @@ def make_untrained_copy(source: str, out_dir: str, seed: int = 0, trust_remote_c
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from xpert_pl.artifacts import atomic_directory, write_json
+    from xpert_pl.artifacts import atomic_directory, output_problems, write_json
+    from xpert_pl.errors import raise_if_problems
 
+    raise_if_problems(output_problems(out_dir, "untrained-source"))
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "untrained-source") as tmp:
         model.save_pretrained(tmp)
         if Path(source).is_dir() and any(Path(source).glob("tokenizer*")):
             AutoTokenizer.from_pretrained(source).save_pretrained(tmp)

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.artifacts import CorruptArtifactError, atomic_directory, read_json, write_json
+from xpert_pl.artifacts import CorruptArtifactError, artifact_kind, atomic_directory, read_json, write_json
+from xpert_pl.errors import ConfigError
 from xpert_pl.paths import path_component_problem
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class FinishedUnits:
         stored = self._stored_fingerprint()
         if stored is not None and stored != self.fingerprint:
             log.info("discarding %s: it was made with other settings", self.directory)
-            shutil.rmtree(self.directory)
+            self._remove()
         if not self.directory.is_dir():
             write_json(self.directory / FINGERPRINT_FILE, {"sha256": self.fingerprint})
 
@@ -68,9 +69,29 @@ class FinishedUnits:
     @contextlib.contextmanager
     def writing(self, name: str) -> Iterator[Path]:
         """A temporary directory that becomes unit `name` when the block succeeds."""
-        with atomic_directory(self.path(name)) as tmp:
+        with atomic_directory(self.path(name), "unit") as tmp:
             yield tmp
 
     def discard(self) -> None:
         """Remove every unit (once the step's output is written)."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory.is_dir():
+            self._remove()
+
+    def _remove(self) -> None:
+        """Remove the directory, which must hold only what the kit put there: anything else is refused, not deleted."""
+        foreign = [p.name for p in self.directory.iterdir() if not _kit_owned(p)]
+        if foreign:
+            raise ConfigError(
+                [
+                    f"'{self.directory}' holds files the kit did not write ({', '.join(sorted(foreign)[:5])}); it "
+                    "keeps a step's finished pieces there, so move those files away and re-run"
+                ]
+            )
+        shutil.rmtree(self.directory)
+
+
+def _kit_owned(path: Path) -> bool:
+    """Whether `path`, inside a partial directory, is the kit's: the fingerprint, a unit, or a temporary of one."""
+    if path.name == FINGERPRINT_FILE or (path.name.startswith(".") and path.name.endswith((".tmp", ".old"))):
+        return True
+    return path.is_dir() and artifact_kind(path) is not None

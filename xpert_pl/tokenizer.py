@@ -80,7 +80,7 @@ def train_bpe_tokenizer(
         clean_up_tokenization_spaces=False,
     )
     meta = {"vocab_size": len(hf_tok), "training_chars": counter.chars, "domains": list(domains or [])}
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "tokenizer") as tmp:
         hf_tok.save_pretrained(str(tmp))
         write_json(tmp / META_FILE, meta)
     return hf_tok

@@ -148,7 +148,7 @@ class KnowledgeBank:
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write tensors and manifest into `out_dir` atomically (a failed save leaves no directory behind)."""
         out_dir = Path(out_dir)
-        with atomic_directory(out_dir) as tmp:
+        with atomic_directory(out_dir, "bank") as tmp:
             save_tensors(tmp / TENSORS_FILE, self.tensors(), metadata={"format": FORMAT})
             manifest = {
                 **{k: v for k, v in self.manifest.items() if k not in ("layers", "tensors")},

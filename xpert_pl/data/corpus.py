@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,45 @@ def resolve_files(spec: DomainSpec, data_root: str | None = None) -> list[str]:
             )
         files.extend(matched)
     return files
+
+
+def text_file_problem(path: str, text_field: str = "text") -> str | None:
+    """The first problem of a local text file, naming the file, the line and the field (None when it is sound).
+
+    A `.jsonl`/`.json` file must be non-empty UTF-8 with one JSON object per non-blank line whose `text_field` is
+    a string; a `.txt` file must be non-empty UTF-8. Other formats are left to their reader.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".jsonl", ".json", ".txt"):
+        return None
+    if Path(path).stat().st_size == 0:
+        return f"{path} is empty (0 bytes): remove it or fill it"
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            problem = _line_problem(raw, text_field, suffix == ".txt")
+            if problem is not None:
+                return f"{path}, line {number}: {problem}"
+    return None
+
+
+def _line_problem(raw: bytes, text_field: str, plain_text: bool) -> str | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not valid UTF-8 ({err.reason} at byte {err.start})"
+    if plain_text or not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg}; a truncated line?)"
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object with a '{text_field}' field"
+    if text_field not in row:
+        return f"no field '{text_field}' (fields: {', '.join(sorted(row)[:8])}); set the domain's text_field"
+    if not isinstance(row[text_field], str):
+        return f"field '{text_field}' is {json.dumps(row[text_field])[:20]}, not a string"
+    return None
 
 
 # Builder of `datasets.load_dataset` for each local file extension.

@@ -23,9 +23,10 @@ from typing import Any
 
 import yaml
 
-from xpert_pl.data.corpus import DomainSpec, resolve_files
+from xpert_pl.data.corpus import DomainSpec, resolve_files, text_file_problem
 from xpert_pl.errors import ConfigError
 from xpert_pl.paths import DataRootError, path_component_problem
+from xpert_pl.yaml_io import DuplicateKeyError, load_yaml
 
 KEYS = tuple(f.name for f in dataclasses.fields(DomainSpec))
 _STRING_KEYS = ("name", "hub_id", "hub_config", "hub_split", "text_field")
@@ -41,7 +42,11 @@ def load_domain_set(path: str | os.PathLike) -> list[DomainSpec]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"domain set '{path}' not found")
-    return parse_domain_set(yaml.safe_load(path.read_text()), source=str(path))
+    try:
+        raw = load_yaml(path.read_text())
+    except (yaml.YAMLError, DuplicateKeyError) as err:
+        raise ConfigError([f"domain set {path} is not valid YAML: {err}"]) from err
+    return parse_domain_set(raw, source=str(path))
 
 
 def parse_domain_set(raw: Any, source: str = "domain set") -> list[DomainSpec]:
@@ -96,8 +101,9 @@ def _to_spec(entry: dict[str, Any]) -> DomainSpec:
     return DomainSpec(**fields)
 
 
-def domain_file_problems(specs: list[DomainSpec], data_root: str | None = None) -> list[str]:
-    """Problems with local domains' files (no match, or only empty files); Hub domains are not checked offline."""
+def domain_file_problems(specs: list[DomainSpec], data_root: str | None = None, contents: bool = False) -> list[str]:
+    """Problems with local domains' files (no match, only empty files, and with `contents` every file's first bad
+    line: see `text_file_problem`); Hub domains are not checked offline."""
     problems = []
     for spec in specs:
         if spec.hub_id:
@@ -109,6 +115,9 @@ def domain_file_problems(specs: list[DomainSpec], data_root: str | None = None) 
             continue
         if all(os.path.getsize(f) == 0 for f in files):
             problems.append(f"domain '{spec.name}': every file is empty: {', '.join(files)}")
+        elif contents:
+            found = (text_file_problem(f, spec.text_field) for f in files)
+            problems += [f"domain '{spec.name}': {p}" for p in found if p is not None]
     return problems
 
 

@@ -110,6 +110,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.hparams["domains"] = [dataclasses.asdict(d) for d in self.domains]
         self.tokenizer = ensure_tokenizer(tokenizer, data_root, tokenizer_vocab_size)
         self._tokenizer_hash: str | None = None
+        self._sources_checked = False
         self._train: datasets.Dataset | datasets.IterableDataset | None = None
         self._val: dict[str, datasets.Dataset | datasets.IterableDataset] | None = None
 
@@ -168,12 +169,13 @@ class PretrainDataModule(L.LightningDataModule):
     def _packed(self, spec: DomainSpec, split: Split) -> datasets.Dataset:
         """Packed blocks of one domain's split, built once and then memory-mapped from the Arrow cache."""
         key = self._cache_key(spec, split)
-        stem = self._cache_root / "packed" / f"{spec.name}-{split}-{key}"
+        stem = self._packed_stem(spec, split)
         packed_file, meta_file = stem.with_suffix(".arrow"), stem.with_suffix(".json")
         if packed_file.exists() and meta_file.exists():
             packed = datasets.Dataset.from_file(str(packed_file))
             log.info("%s/%s: %s (cached)", spec.name, split, _describe(read_json(meta_file)))
             return packed
+        self.check_sources()
         packed_file.parent.mkdir(parents=True, exist_ok=True)
         texts = self._load_texts(spec, split, streaming=False)
         if isinstance(texts, datasets.IterableDataset):
@@ -217,10 +219,29 @@ class PretrainDataModule(L.LightningDataModule):
 
     # ---- Lightning hooks -----------------------------------------------------------------------------------------
 
+    def check_sources(self) -> None:
+        """Refuse bad data files before any tokenising: every local domain whose packed cache is missing has its
+        files checked line by line (the file, the line and the field are named); cached domains are not re-read."""
+        from xpert_pl.data.domain_sets import domain_file_problems
+        from xpert_pl.errors import raise_if_problems
+
+        if self._sources_checked or self.hparams.streaming:
+            return
+        uncached = [s for s in self.domains if not s.hub_id and not self._is_cached(s)]
+        raise_if_problems(domain_file_problems(uncached, self.hparams.data_root, contents=True))
+        self._sources_checked = True
+
+    def _is_cached(self, spec: DomainSpec) -> bool:
+        return all(self._packed_stem(spec, split).with_suffix(".json").is_file() for split in ("train", "validation"))
+
+    def _packed_stem(self, spec: DomainSpec, split: Split) -> Path:
+        return self._cache_root / "packed" / f"{spec.name}-{split}-{self._cache_key(spec, split)}"
+
     def prepare_data(self) -> None:
         """Build the Arrow caches of every domain and split (once per node); assigns no state."""
         if self.hparams.streaming:
             return
+        self.check_sources()
         for spec in self.domains:
             for split in ("train", "validation"):
                 self._packed(spec, split)

@@ -29,6 +29,7 @@ import yaml
 
 from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.paths import path_component_problem
+from xpert_pl.yaml_io import DuplicateKeyError, load_yaml
 
 BASELINE = "scratch"
 
@@ -126,8 +127,8 @@ def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentM
     if not path.is_file():
         raise FileNotFoundError(f"experiment matrix '{path}' not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+        raw = load_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, DuplicateKeyError) as err:
         raise ConfigError([f"{path} is not valid YAML: {err}"]) from err
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a mapping of matrix keys (see configs/bench/), got {type(raw).__name__}"])

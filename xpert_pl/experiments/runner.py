@@ -32,6 +32,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import read_json, write_json
+from xpert_pl.errors import raise_if_problems
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
 from xpert_pl.models import make_untrained_copy
@@ -200,7 +201,8 @@ class MatrixRunner:
             f"--trainer.logger.init_args.save_dir={run_dir}",
         ]
         last = run_dir / "checkpoints" / "last.ckpt"
-        return [*command, f"--ckpt_path={last}"] if last.is_file() else command
+        # The cell owns its folder: a start that died before its first checkpoint is replaced, not mixed with.
+        return [*command, f"--ckpt_path={last}"] if last.is_file() else [*command, "--overwrite=true"]
 
     def sft_command(self, cell: Cell) -> list[str]:
         """The follow-up fine-tuning of a cell: a warm start from its exported model."""
@@ -213,6 +215,7 @@ class MatrixRunner:
             f"--seed_everything={cell.seed}",
             f"--trainer.max_steps={sft.steps}",
             f"--trainer.logger.init_args.save_dir={run_dir / 'sft'}",
+            "--overwrite=true",
         ]
 
     def run_cell(self, cell: Cell) -> str:
@@ -240,8 +243,31 @@ class MatrixRunner:
         write_json(run_dir / CELL_FILE, record)
         return "done"
 
+    def config_problems(self) -> list[str]:
+        """Every cell's `xpert fit` configuration parsed and checked (nothing built or run), one problem per cell
+        kind (scale x method, and its fine-tuning), so a typo surfaces before the shared stages start."""
+        from xpert_pl.cli import run_lightning_cli
+        from xpert_pl.cli_errors import explain
+
+        problems, seen = [], set()
+        for cell in self.matrix.cells():
+            commands = [("pretrain", self.pretrain_command)]
+            commands += [("sft", self.sft_command)] if self.matrix.wants_sft(cell) else []
+            for stage, build in commands:
+                if (cell.scale, cell.method, stage) in seen:
+                    continue
+                seen.add((cell.scale, cell.method, stage))
+                argv = [a for a in build(cell)[len(XPERT) :] if not a.startswith("--ckpt_path")]
+                try:
+                    run_lightning_cli(argv, parse_only=True)
+                except Exception as err:  # every parse or check failure is the user's to fix
+                    message = explain(err, "fit", argv) or f"{type(err).__name__}: {err}"
+                    problems.append(f"cell {cell.scale}/{cell.method} ({stage}): {message}")
+        return problems
+
     def run(self, matrix_file: Path | None = None) -> dict[str, int]:
         """The shared stages, then every cell; returns how many cells ended in each status."""
+        raise_if_problems(self.config_problems())
         self.matrix.out_dir.mkdir(parents=True, exist_ok=True)
         if matrix_file is not None:
             shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.yaml")

@@ -35,9 +35,10 @@ def fit_in_process(config: Path, run_dir: Path, data_args: list[str], extra: lis
     """`xpert fit --config <config>` with its logger writing into `run_dir`."""
     from xpert_pl.cli import run_lightning_cli
 
-    run_lightning_cli(
-        ["fit", "--config", str(config), *data_args, f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
-    )
+    # The stage owns `run_dir`: a run that died before its output was complete is replaced (kept aside until the
+    # new one completes), never mixed with.
+    args = ["fit", "--config", str(config), *data_args, f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
+    run_lightning_cli([*args, "--overwrite=true"])
 
 
 def command_in_process(name: str, config: Path, args: list[str]) -> None:

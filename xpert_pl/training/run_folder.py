@@ -1,0 +1,93 @@
+"""One run per run folder: a new `xpert fit` into a folder that holds a run is refused unless it resumes or the
+user asks to overwrite, and a lock keeps two writers out of one folder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from xpert_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".xpert-fit.lock"
+# What `xpert fit` writes into its run folder: the marks of a run.
+RUN_ENTRIES = (
+    "metrics.csv",
+    "config.yaml",
+    "hparams.yaml",
+    "checkpoints",
+    "hf",
+    "init_report.json",
+    "objective.json",
+    "lm_eval",
+    "generations",
+)
+
+
+def run_entries(run_dir: Path) -> list[str]:
+    """The entries of a run that `run_dir` holds."""
+    return [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+
+
+class RunFolder:
+    """The run folder of one `xpert fit`: guarded, locked while the run writes, and (with overwrite) the older
+    run's files moved aside until the new run is complete, so a failed new run loses nothing."""
+
+    def __init__(self, run_dir: str | Path, resume: bool, overwrite: bool):
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.overwrite = overwrite
+        self._lock = None
+        self._replaced: Path | None = None
+
+    def problems(self) -> list[str]:
+        """Why a fit may not write here (checked before anything is loaded or tokenised)."""
+        from xpert_pl.artifacts import writable_problem
+
+        problem = writable_problem(self.run_dir, "run folder (trainer.logger.init_args.save_dir)")
+        if problem is not None:
+            return [problem]
+        existing = run_entries(self.run_dir)
+        if existing and not self.resume and not self.overwrite:
+            return [
+                f"run folder '{self.run_dir}' already holds a run ({', '.join(existing)}): a new fit would mix with "
+                "or replace it. Resume it with --ckpt_path last, write elsewhere with "
+                "--trainer.logger.init_args.save_dir=<new folder>, or replace it with --overwrite true"
+            ]
+        return []
+
+    def acquire(self) -> None:
+        """Take the folder's lock (refused at once if another fit holds it); with overwrite, set the old run aside."""
+        from filelock import FileLock, Timeout
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.run_dir / LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ConfigError(
+                [f"another xpert fit is writing into '{self.run_dir}' (it holds {LOCK_FILE}); wait for it to end"]
+            ) from None
+        self._lock = lock
+        if self.overwrite and not self.resume and run_entries(self.run_dir):
+            self._set_aside()
+
+    def _set_aside(self) -> None:
+        self._replaced = self.run_dir / f".replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        self._replaced.mkdir()
+        for name in run_entries(self.run_dir):
+            (self.run_dir / name).rename(self._replaced / name)
+        log.info("--overwrite: the earlier run is kept in %s until this one completes", self._replaced)
+
+    def release(self, completed: bool) -> None:
+        """Drop the lock; once the new run completed, remove the run it replaced."""
+        if completed and self._replaced is not None:
+            shutil.rmtree(self._replaced, ignore_errors=True)
+        elif self._replaced is not None:
+            log.warning("the run this one was to replace is kept in %s", self._replaced)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
