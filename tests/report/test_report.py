@@ -72,14 +72,16 @@ def test_paired_comparison_with_scratch_matches_scipy(report):
     assert row[5] == f"{stats.ttest_rel(xpert, scratch).pvalue:.3g}"
 
 
-def test_bootstrap_ci_contains_the_mean_difference_and_is_reproducible(report):
+def test_t_interval_is_the_paired_t_tests_and_the_per_seed_values_are_kept(report):
     _, _, groups, _ = report
     diffs = finals("long", "xpert") - finals("long", "scratch")
-    low, high = groups[("2l", "long")]["methods"]["xpert"]["vs_scratch"]["val/loss"]["ci"]
-    assert low <= diffs.mean() <= high
-    rng = np.random.default_rng(0)  # the documented recipe, recomputed by hand
-    means = diffs[rng.integers(0, 3, size=(10_000, 3))].mean(axis=1)
-    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    result = groups[("2l", "long")]["methods"]["xpert"]["vs_scratch"]["val/loss"]
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)  # the textbook recipe, by hand
+    assert result["ci"] == pytest.approx([diffs.mean() - half, diffs.mean() + half], abs=1e-12)
+    assert result["a"] == pytest.approx(list(finals("long", "xpert")), abs=1e-12)
+    assert result["b"] == pytest.approx(list(finals("long", "scratch")), abs=1e-12)
+    shuffled = groups[("2l", "long")]["methods"]["shuffled_xpert"]["xpert_vs"]["val/loss"]  # XPERT - control
+    assert shuffled["mean_diff"] == pytest.approx(np.mean(finals("long", "xpert") - finals("long", "shuffled_xpert")))
 
 
 def test_rouge_and_lm_eval_tables_use_the_latest_results(report):
@@ -162,8 +164,8 @@ def test_knowledge_section_concludes_from_the_numbers(report):
     control = [0.5, (50 + 0.4 / 0.45 * 50) / 200, (50 + 0.4 / 0.45 * 50) / 200]
     xpert = [(100 + 0.1 / 0.15 * 50) / 200, 125 / 200, (100 + 0.1 / 0.16 * 50) / 200]
     assert row[6] == f"{np.mean(np.subtract(xpert, control)):+.3f}"
-    low, high = np.percentile(diff[np.random.default_rng(0).integers(0, 3, size=(10_000, 3))].mean(axis=1), [2.5, 97.5])
-    assert f"(95% CI {low:.4f} to {high:.4f}, p = " in section
+    low, high = stats.ttest_rel(finals("long", "xpert"), finals("long", "shuffled_xpert")).confidence_interval(0.95)
+    assert f"(95% t interval {low:.4f} to {high:.4f}, p = " in section
 
 
 def test_compute_table_counts_the_teachers_flops(report):
@@ -186,6 +188,6 @@ def test_html_is_self_contained_with_embedded_figures(report):
 
 
 def test_layer_heatmaps_are_optional(runs_dir, tmp_path):
-    path = write_report(str(runs_dir), str(tmp_path / "out"), n_resamples=200, layer_heatmaps=True)
+    path = write_report(str(runs_dir), str(tmp_path / "out"), layer_heatmaps=True)
     assert (path.parent / "figures" / "activation_layer_00.png").is_file()
     assert "activation_layer_00.png" in path.read_text()

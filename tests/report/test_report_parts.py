@@ -12,7 +12,7 @@ from scipy import stats
 from xpert_pl.report.plots import seed_band
 from xpert_pl.report.render import Paragraph, Table, to_html
 from xpert_pl.report.runs import read_cell, read_lm_eval, read_metrics_csv
-from xpert_pl.report.sections import control_sentence, fmt_spread, verdict_sentence
+from xpert_pl.report.sections import control_sentence, fmt_ci, fmt_reading, fmt_spread, verdict_sentence
 from xpert_pl.report.stats import Paired, crossing_step, paired, scratch_tokens_worth, spread, steps_fraction
 
 
@@ -28,13 +28,13 @@ def test_crossing_step_interpolates_between_validations():
 
 def test_paired_matches_numpy_and_scipy():
     a, b = {0: 2.0, 1: 2.3, 2: 2.1, 3: 2.6}, {0: 2.2, 1: 2.4, 2: 2.4, 5: 9.9}  # seed 3 and 5 have no partner
-    result = paired(a, b, n_resamples=500, seed=7)
+    result = paired(a, b)
     x, y = np.array([2.0, 2.3, 2.1]), np.array([2.2, 2.4, 2.4])
-    assert result.seeds == (0, 1, 2)
+    assert result.seeds == (0, 1, 2) and result.a == (2.0, 2.3, 2.1) and result.b == (2.2, 2.4, 2.4)
     assert result.mean_diff == pytest.approx(np.mean(x - y))
     assert result.p_value == pytest.approx(stats.ttest_rel(x, y).pvalue)
-    means = (x - y)[np.random.default_rng(7).integers(0, 3, size=(500, 3))].mean(axis=1)
-    assert (result.ci_low, result.ci_high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    half = stats.t.ppf(0.975, 2) * np.std(x - y, ddof=1) / np.sqrt(3)
+    assert (result.ci_low, result.ci_high) == pytest.approx((np.mean(x - y) - half, np.mean(x - y) + half))
 
 
 def test_one_seed_is_too_few_and_constant_differences_have_no_p_value():
@@ -43,7 +43,12 @@ def test_one_seed_is_too_few_and_constant_differences_have_no_p_value():
     assert control_sentence("shuffled_xpert", one, one) == "`shuffled_xpert`: too few seeds (1) for a test."
     assert "too few seeds (1 paired; mean difference -0.5000)" in verdict_sentence("xpert", "scratch", one, "2l/long")
     constant = paired({0: 2.0, 1: 2.4}, {0: 2.1, 1: 2.5})
-    assert math.isnan(constant.p_value) and constant.direction == "lower"
+    assert math.isnan(constant.p_value) and constant.ci_low is None and constant.direction == "constant"
+    assert verdict_sentence("xpert", "scratch", constant, "2l/long") == (
+        "2l/long: XPERT vs `scratch`: every seed differs by -0.1000 (2 seeds): no spread, so no test and no "
+        "verdict. XPERT is not shown to beat `scratch`."
+    )
+    assert fmt_reading(constant) == "constant differences: no test" and fmt_ci(constant) == "-"
     assert spread([3.0]).n == 1 and math.isnan(spread([3.0]).std) and fmt_spread(spread([3.0])) == "3.0000"
 
 
@@ -53,11 +58,11 @@ def test_sentences_when_the_ci_includes_zero():
     assert "XPERT is **not distinguishable** from `random_experts`" in sentence
     assert sentence.endswith("XPERT does not beat `random_experts` here.")
     text = control_sentence("spectrum_matched", unclear, Paired((), math.nan, None, None, None))
-    assert "not significant (95% CI -0.0200 to +0.0400, p = 0.5, 3 seeds)" in text
+    assert "not significant (95% t interval -0.0200 to +0.0400, p = 0.5, 3 seeds)" in text
     assert text.endswith("this run cannot tell knowledge from statistics.")
     better = control_sentence("shuffled_xpert", Paired((0, 1, 2, 3, 4), -0.031, -0.050, -0.012, 0.004), unclear)
     assert better == (
-        "XPERT's final loss is lower than `shuffled_xpert`'s by 0.0310 (95% CI 0.0120 to 0.0500, p = 0.004, "
+        "XPERT's final loss is lower than `shuffled_xpert`'s by 0.0310 (95% t interval 0.0120 to 0.0500, p = 0.004, "
         "5 seeds): the learned function, not only the weight statistics, helps."
     )
 

@@ -12,10 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from xpert_pl.report.runs import BASELINE, RunsDir
+from xpert_pl.report.runs import BASELINE, XPERT, RunsDir
 from xpert_pl.report.stats import (
-    BOOTSTRAP_SEED,
-    N_BOOTSTRAP,
     Paired,
     Spread,
     Worth,
@@ -30,11 +28,9 @@ VAL_LOSS = "val/loss"
 
 @dataclass
 class Analysis:
-    """Lookups and statistics over a `RunsDir`; `n_resamples` and `seed` configure the bootstrap."""
+    """Lookups and statistics over a `RunsDir`."""
 
     runs: RunsDir
-    n_resamples: int = N_BOOTSTRAP
-    seed: int = BOOTSTRAP_SEED
 
     def headline_groups(self) -> list[tuple[str, str]]:
         """(scale, largest budget) for every scale with usable runs."""
@@ -53,9 +49,7 @@ class Analysis:
 
     def compare(self, scale: str, budget: str, a: str, b: str, key: str = VAL_LOSS) -> Paired:
         """Paired `a - b` of a final metric over the seeds both methods have."""
-        return paired(
-            self.values(scale, budget, a, key), self.values(scale, budget, b, key), self.n_resamples, self.seed
-        )
+        return paired(self.values(scale, budget, a, key), self.values(scale, budget, b, key))
 
     def metric_keys(self, scale: str, budget: str, prefix: str) -> list[str]:
         """Final-metric names starting with `prefix` logged by any usable run of the group, sorted."""
@@ -72,7 +66,7 @@ class Analysis:
     def compare_fractions(self, scale: str, budget: str, a: str, b: str) -> Paired:
         """Paired `a - b` of the steps fraction, over the seeds where both reached scratch's final loss."""
         fa, fb = ({s: v for s, v in self.fractions(scale, budget, m).items() if v is not None} for m in (a, b))
-        return paired(fa, fb, self.n_resamples, self.seed)
+        return paired(fa, fb)
 
     def budget_tokens(self, scale: str, budget: str, method: str) -> float | None:
         """Mean token budget of a method's usable runs (see `CellRun.budget_tokens`)."""
@@ -105,6 +99,8 @@ class Analysis:
             entry["seeds"] = [c.seed for c in self.runs.select(scale, budget, method)]
             if method != BASELINE:
                 entry["vs_scratch"] = {k: paired_dict(self.compare(scale, budget, method, BASELINE, k)) for k in keys}
+            if method != XPERT and XPERT in self.runs.methods(scale, budget):
+                entry["xpert_vs"] = self._xpert_vs(scale, budget, method)
             entry["steps_fraction"] = {str(s): v for s, v in self.fractions(scale, budget, method).items()}
             worth, tokens = self.worth(scale, budget, method), self.budget_tokens(scale, budget, method)
             if worth is not None and tokens:
@@ -115,11 +111,23 @@ class Analysis:
         return {"scale": scale, "budget": budget, "headline": headline, "methods": methods}
 
 
+    def _xpert_vs(self, scale: str, budget: str, method: str) -> dict[str, Any]:
+        """XPERT minus `method`: the final loss (the verdict) and the steps fraction (knowledge or statistics)."""
+        return {
+            VAL_LOSS: paired_dict(self.compare(scale, budget, XPERT, method)),
+            "steps_fraction": paired_dict(self.compare_fractions(scale, budget, XPERT, method)),
+        }
+
+
 def paired_dict(result: Paired) -> dict[str, Any]:
+    """A comparison as JSON, with its per-seed values (`a`, `b` in `seeds` order) so it can be re-derived."""
     return {
         "seeds": list(result.seeds),
+        "a": None if result.a is None else list(result.a),
+        "b": None if result.b is None else list(result.b),
         "mean_diff": result.mean_diff,
         "ci": [result.ci_low, result.ci_high],
+        "interval": "paired t, 95%",
         "p_value": result.p_value,
         "direction": result.direction,
     }

@@ -60,16 +60,18 @@ def _selection_blocks(path: Path) -> list[Block]:
     return [Paragraph(text), Table(["layer", "selected experts", "weights"], rows, (True, False, False))]
 
 
-def statistics_notes(n_resamples: int, seed: int) -> list[Block]:
+def statistics_notes() -> list[Block]:
     items = [
         "Every number comes from cells whose `cell.json` says `done`; the others are listed under Runs, "
         "never averaged.",
         "Spread: mean ± sample standard deviation (ddof = 1) over seeds.",
         "Paired comparisons use the seeds both methods have (same weights seed and data order): mean difference, "
-        f"95% percentile bootstrap CI of the mean difference ({n_resamples:,} resamples, "
-        f"`numpy.random.default_rng({seed})`), two-sided paired t-test (`scipy.stats.ttest_rel`).",
-        f"A CI and a test need at least {MIN_SEEDS} paired seeds; with fewer the report says 'too few seeds'.",
-        "Verdicts read the CI: better or worse when it excludes 0, not distinguishable when it includes 0.",
+        "two-sided paired t-test (`scipy.stats.ttest_rel`) and that test's 95% t interval of the mean difference "
+        "(`.confidence_interval(0.95)`), so the interval excludes 0 exactly when p < 0.05.",
+        f"An interval and a test need at least {MIN_SEEDS} paired seeds; with fewer the report says 'too few seeds'. "
+        "When every seed differs by the same amount there is no spread, hence no test and no verdict.",
+        "Verdicts read the t interval: better or worse when it excludes 0 (p < 0.05), not distinguishable when it "
+        "includes 0. With 3-5 seeds only large differences can be told apart.",
     ]
     return [Heading(3, "Statistics used"), Bullets(items)]
 

@@ -13,7 +13,6 @@ from xpert_pl.report import appendix, sections
 from xpert_pl.report.analysis import Analysis
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
 from xpert_pl.report.runs import RunsDir, load_runs
-from xpert_pl.report.stats import BOOTSTRAP_SEED, N_BOOTSTRAP
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +20,6 @@ log = logging.getLogger(__name__)
 def write_report(
     runs_dir: str,
     out_dir: str | None = None,
-    n_resamples: int = N_BOOTSTRAP,
-    bootstrap_seed: int = BOOTSTRAP_SEED,
     layer_heatmaps: bool = False,
 ) -> Path:
     """Write `report.md`, `report.html` (plots embedded, no external files) and `report.json` for a runs directory.
@@ -30,8 +27,6 @@ def write_report(
     Args:
         runs_dir: the `out_dir` of `xpert bench run` (holds `matrix.yaml`, `shared/`, `cells/`).
         out_dir: where to write (default `<runs_dir>/report`); figures go to `<out_dir>/figures/`.
-        n_resamples: bootstrap resamples of the paired differences.
-        bootstrap_seed: seed of the bootstrap's generator.
         layer_heatmaps: also embed the per-layer routing heatmaps (one figure per source layer).
 
     Returns:
@@ -39,7 +34,7 @@ def write_report(
     """
     runs = load_runs(runs_dir)
     out = Path(out_dir) if out_dir is not None else runs.root / "report"
-    analysis = Analysis(runs, n_resamples, bootstrap_seed)
+    analysis = Analysis(runs)
     blocks = build_blocks(analysis, out / "figures", layer_heatmaps)
     title = f"XPERT report: {runs.root.resolve().name}"
     report = out / "report.md"
@@ -70,7 +65,7 @@ def build_blocks(analysis: Analysis, figures: Path, layer_heatmaps: bool = False
     blocks += sections.curves_section(analysis, figures)
     blocks += appendix.activation_section(runs, figures, layer_heatmaps)
     blocks.append(Heading(2, "Appendix"))
-    blocks += appendix.statistics_notes(analysis.n_resamples, analysis.seed)
+    blocks += appendix.statistics_notes()
     blocks += appendix.source_section(runs)
     blocks += appendix.bank_section(runs)
     blocks += appendix.environment_section()

@@ -45,20 +45,25 @@ def fmt_p(value: float | None) -> str:
 
 def fmt_ci(result: Paired, digits: int = 4) -> str:
     if result.ci_low is None or result.ci_high is None:
-        return "-"
+        recorded_only = result.p_value is not None and math.isfinite(result.p_value)  # see t_interval_from_p
+        return "not recoverable" if recorded_only else "-"
     return f"[{result.ci_low:+.{digits}f}, {result.ci_high:+.{digits}f}]"
 
 
 def paired_cells(result: Paired, digits: int = 4) -> list[str]:
-    """[seeds, mean difference, 95% CI, p] of a paired comparison."""
+    """[seeds, mean difference, 95% t interval, p] of a paired comparison."""
     diff = "-" if result.n == 0 else f"{result.mean_diff:+.{digits}f}"
     return [str(result.n), diff, fmt_ci(result, digits), fmt_p(result.p_value)]
 
 
 def fmt_reading(result: Paired) -> str:
-    return {"lower": "lower (CI excludes 0)", "higher": "higher (CI excludes 0)", "unclear": "CI includes 0"}.get(
-        result.direction, f"too few seeds ({result.n})"
-    )
+    readings = {
+        "lower": "lower (interval excludes 0)",
+        "higher": "higher (interval excludes 0)",
+        "unclear": "interval includes 0",
+        "constant": "constant differences: no test",
+    }
+    return readings.get(result.direction, f"too few seeds ({result.n})")
 
 
 def metric_label(key: str) -> str:
@@ -78,29 +83,35 @@ def verdict_sentence(subject: str, other: str, result: Paired, where: str) -> st
     """A plain sentence: is `subject`'s final validation loss lower, higher or indistinguishable from `other`'s?"""
     name = "XPERT" if subject == XPERT else f"`{subject}`"
     other_name = "XPERT" if other == XPERT else f"`{other}`"
-    if result.direction == "too few seeds":
+    if result.direction in ("too few seeds", "constant"):
         tail = f" XPERT is not shown to beat {other_name}." if subject == XPERT else ""
+        if result.direction == "constant":
+            return (
+                f"{where}: {name} vs {other_name}: every seed differs by {result.mean_diff:+.4f} ({result.n} seeds): "
+                f"no spread, so no test and no verdict.{tail}"
+            )
         difference = "no paired seed" if result.n == 0 else f"mean difference {result.mean_diff:+.4f}"
         return f"{where}: {name} vs {other_name}: too few seeds ({result.n} paired; {difference}).{tail}"
-    numbers = (
-        f"(mean difference {result.mean_diff:+.4f} nats/token, 95% CI {result.ci_low:+.4f} to {result.ci_high:+.4f}, "
-        f"p = {fmt_p(result.p_value)}, {result.n} seeds)"
-    )
+    numbers = f"(mean difference {result.mean_diff:+.4f} nats/token, {fmt_interval(result)}, {fmt_details(result)})"
     tail = f" XPERT does not beat {other_name} here." if subject == XPERT else ""
     lead = f"{where}: {name} is"
     if result.direction == "lower":
-        return f"{lead} **better** than {other_name}: its final validation loss is lower {numbers}.{_caveat(result)}"
+        return f"{lead} **better** than {other_name}: its final validation loss is lower {numbers}."
     if result.direction == "higher":
-        text = f"{lead} **worse** than {other_name}: its final validation loss is higher {numbers}."
-        return text + _caveat(result) + tail
-    return f"{lead} **not distinguishable** from {other_name}: the CI includes 0 {numbers}.{tail}"
+        return f"{lead} **worse** than {other_name}: its final validation loss is higher {numbers}.{tail}"
+    return f"{lead} **not distinguishable** from {other_name}: the interval includes 0 {numbers}.{tail}"
 
 
-def _caveat(result: Paired) -> str:
-    """Few seeds make the bootstrap CI narrow: say so when the t-test does not agree with it."""
-    if result.p_value is not None and result.p_value >= 0.05:
-        return f" The t-test does not confirm it at the 5% level (p = {fmt_p(result.p_value)}, {result.n} seeds)."
-    return ""
+def fmt_interval(result: Paired, sign: float = 1.0, plus: str = "+") -> str:
+    """'95% t interval L to H' of `sign * (a - b)` ('not recoverable' when a recorded summary had none)."""
+    if result.ci_low is None or result.ci_high is None:
+        return "95% t interval not recoverable"
+    low, high = sorted((sign * result.ci_low, sign * result.ci_high))
+    return f"95% t interval {low:{plus}.4f} to {high:{plus}.4f}"
+
+
+def fmt_details(result: Paired) -> str:
+    return f"p = {fmt_p(result.p_value)}, {result.n} seeds"
 
 
 def verdict_section(analysis: Analysis) -> list[Block]:
@@ -123,7 +134,8 @@ def verdict_section(analysis: Analysis) -> list[Block]:
         items = ["No comparison possible: no scale has usable runs of scratch and another method."]
     note = (
         "Final validation loss at each scale's largest budget, paired by seed; "
-        "better/worse means the 95% bootstrap CI of the difference excludes 0."
+        "better/worse means the 95% paired t interval of the difference excludes 0 (equivalently, the paired "
+        "t-test's p < 0.05)."
     )
     blocks: list[Block] = [Heading(2, "Verdict"), Paragraph(note), Bullets(items)]
     if not_beaten:
@@ -132,7 +144,8 @@ def verdict_section(analysis: Analysis) -> list[Block]:
 
 
 def _direction_word(result: Paired) -> str:
-    return {"higher": "worse", "unclear": "not distinguishable"}.get(result.direction, result.direction)
+    words = {"higher": "worse", "unclear": "not distinguishable", "constant": "constant differences"}
+    return words.get(result.direction, result.direction)
 
 
 # ---- runs --------------------------------------------------------------------------------------------------------
@@ -197,7 +210,7 @@ def paired_section(analysis: Analysis, scale: str, budget: str) -> list[Block]:
                 rows.append([method, metric_label(key), *paired_cells(result), fmt_reading(result)])
     if not rows:
         return []
-    header = ["method", "metric", "seeds", "mean diff (method - scratch)", "95% bootstrap CI", "paired t-test p"]
+    header = ["method", "metric", "seeds", "mean diff (method - scratch)", "95% t interval", "paired t-test p"]
     header.append("reading")
     note = "Lower is better for losses; higher is better for Rouge-L and lm-eval accuracies."
     return [
@@ -228,29 +241,29 @@ def control_sentence(control: str, loss: Paired, steps: Paired) -> str:
     """The conclusion about one control that follows from the paired final-loss difference (XPERT - control)."""
     if loss.direction == "too few seeds":
         return f"`{control}`: too few seeds ({loss.n}) for a test."
+    if loss.direction == "constant":
+        return f"`{control}`: every seed differs by {loss.mean_diff:+.4f} ({loss.n} seeds): no spread, no test."
     claim = CONTROLS.get(control, "the transferred knowledge helps")
-    details = f"p = {fmt_p(loss.p_value)}, {loss.n} seeds"
-    if loss.direction == "lower":  # the CI of (control - XPERT), positive: the size of XPERT's advantage
-        numbers = f"(95% CI {-loss.ci_high:.4f} to {-loss.ci_low:.4f}, {details})"
+    if loss.direction == "lower":  # the interval of (control - XPERT), positive: the size of XPERT's advantage
+        numbers = f"({fmt_interval(loss, -1.0, '')}, {fmt_details(loss)})"
         text = f"XPERT's final loss is lower than `{control}`'s by {-loss.mean_diff:.4f} {numbers}: {claim}."
     elif loss.direction == "higher":
-        numbers = f"(95% CI {loss.ci_low:.4f} to {loss.ci_high:.4f}, {details})"
+        numbers = f"({fmt_interval(loss, 1.0, '')}, {fmt_details(loss)})"
         text = (
             f"XPERT's final loss is higher than `{control}`'s by {loss.mean_diff:.4f} {numbers}: the control does "
             f"better, so this run gives no evidence that {claim}."
         )
     else:
-        numbers = f"(95% CI {loss.ci_low:+.4f} to {loss.ci_high:+.4f}, {details})"
         text = (
             f"XPERT's final loss differs from `{control}`'s by {loss.mean_diff:+.4f}, but the difference is not "
-            f"significant {numbers}; the CI includes 0: this run cannot tell knowledge from statistics."
+            f"significant ({fmt_interval(loss)}, {fmt_details(loss)}); the interval includes 0: this run cannot "
+            "tell knowledge from statistics."
         )
-    text += _caveat(loss) if loss.direction in ("lower", "higher") else ""
     if steps.direction in ("lower", "higher"):
         word = "sooner" if steps.direction == "lower" else "later"
         text += (
-            f" XPERT reaches scratch's final loss {word} ({steps.mean_diff:+.3f} of scratch's steps, CI excludes 0"
-            f"{'' if _caveat(steps) == '' else f'; t-test p = {fmt_p(steps.p_value)}, {steps.n} seeds'})."
+            f" XPERT reaches scratch's final loss {word} ({steps.mean_diff:+.3f} of scratch's steps, "
+            f"{fmt_details(steps)})."
         )
     return text
 
@@ -269,8 +282,8 @@ def knowledge_section(analysis: Analysis) -> list[Block]:
             steps = analysis.compare_fractions(scale, budget, XPERT, control)
             rows.append([control, *paired_cells(loss), *paired_cells(steps, 3)])
             sentences.append(control_sentence(control, loss, steps))
-        header = ["control", "seeds", "Δ final loss (XPERT - control)", "95% CI", "p"]
-        header += ["seeds (both reached)", "Δ steps fraction", "95% CI", "p"]
+        header = ["control", "seeds", "Δ final loss (XPERT - control)", "95% t interval", "p"]
+        header += ["seeds (both reached)", "Δ steps fraction", "95% t interval", "p"]
         blocks += [Heading(3, f"{scale}/{budget}"), Table(header, rows, (False, *[True] * 8)), Bullets(sentences)]
     if not blocks:
         return []
