@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 
 from xpert_pl.artifacts import atomic_directory, write_json
-from xpert_pl.model_card import ModelFacts, provenance, write_model_card
+from xpert_pl.model_card import ModelFacts, provenance, read_facts, write_model_card
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -80,6 +80,8 @@ def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, full_state: d
         method=report.initializer if report is not None else "unknown",
         source=source,
         bank=bank,
+        # A warm start (e.g. SFT of an exported student) names the method its source was made with.
+        source_method=(read_facts(source) or {}).get("method") if source else None,
         tokens_seen=None if tokens_seen is None else int(tokens_seen),
         final_val_loss=None if val_loss is None else float(val_loss),
         # Under FSDP the module's own parameters are shards: count the gathered state instead.

@@ -41,6 +41,20 @@ def provenance(details: dict[str, Any]) -> tuple[str | None, str | None]:
     return (None if source is None else str(source)), (None if bank is None else str(bank))
 
 
+def read_facts(directory: str | Path) -> dict[str, Any] | None:
+    """The `xpert` facts of the model card in `directory`; None when it has no such card (or is no directory)."""
+    path = Path(directory) / "README.md"
+    if not path.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        facts = ModelCard.load(path).data.to_dict().get("xpert")
+    except Exception:  # a hand-written or foreign README: no facts rather than a failed export
+        return None
+    return facts if isinstance(facts, dict) else None
+
+
 @dataclass
 class ModelFacts:
     """What a model card states about an exported model."""
@@ -50,6 +64,7 @@ class ModelFacts:
     parameters: int
     source: str | None = None
     bank: str | None = None
+    source_method: str | None = None
     tokens_seen: int | None = None
     final_val_loss: float | None = None
     special_token_ids: dict[str, int | None] = field(default_factory=dict)
@@ -69,12 +84,13 @@ class ModelFacts:
 
 def _table(facts: ModelFacts) -> str:
     ids = ", ".join(f"{key.removesuffix('_token_id')} {value}" for key, value in facts.special_token_ids.items())
-    loss = "not measured" if facts.final_val_loss is None else f"{facts.final_val_loss:.4f}"
+    loss = "not measured" if facts.final_val_loss is None else f"{facts.final_val_loss:.4f} (`val/loss`, nats/token)"
     tokens = "unknown" if facts.tokens_seen is None else f"{facts.tokens_seen:,}"
     rows = [
         ("method (initializer)", f"`{facts.method}`"),
         ("architecture", f"`{facts.architecture}`, {facts.parameters:,} parameters"),
         ("source model", f"`{facts.source}`" if facts.source else "none"),
+        ("source model's method", f"`{facts.source_method}`" if facts.source_method else "unknown"),
         ("knowledge bank", f"`{facts.bank}`" if facts.bank else "none"),
         ("tokens seen", tokens),
         ("final validation loss", loss),
@@ -85,10 +101,16 @@ def _table(facts: ModelFacts) -> str:
 
 
 def _text(facts: ModelFacts) -> str:
+    eos = facts.special_token_ids.get("eos_token_id")
+    stops = (
+        f"`generate()` stops at the tokenizer's EOS (id {eos})."
+        if eos is not None
+        else "Its configuration names no EOS id: pass `eos_token_id` to `generate()`."
+    )
     return f"""# {facts.architecture} ({facts.method})
 
-A causal language model trained with {REPOSITORY} (XPERT: a Mixture-of-Experts' common experts transferred into
-dense students). It loads with plain `transformers`; `generate()` stops at the tokenizer's EOS.
+A causal language model made with {REPOSITORY} (XPERT: a Mixture-of-Experts' common experts transferred into
+dense students). It loads with plain `transformers`; {stops}
 
 {_table(facts)}
 

@@ -113,6 +113,7 @@ def test_the_model_card_states_method_provenance_progress_and_command(student_ex
     assert facts["method"] == report["initializer"] == "untrained_source"
     assert facts["bank"] == str(tiny_untrained_bank)
     assert facts["source"] == str(tiny_untrained_bank.parent / "hf")  # the untrained copy it was extracted from
+    assert facts["source_method"] == "untrained copy (seed 1)"  # from the copy's own card
     assert facts["tokens_seen"] == 2 * 2 * 16
     assert facts["final_val_loss"] == pytest.approx(float([v for v in val_losses if v][-1]), rel=1e-6)
     assert facts["kit_version"] == kit_version() != ""
@@ -121,6 +122,19 @@ def test_the_model_card_states_method_provenance_progress_and_command(student_ex
     assert facts["special_token_ids"] == {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}
     assert "untrained_source" in card.text and str(tiny_untrained_bank) in card.text
     assert not [p for p in student_export.parent.iterdir() if p.name.startswith(".hf.")], "temporary dir left"
+
+
+def test_a_warm_started_runs_card_names_its_source_and_the_sources_method(student_export, tiny_tokenizer_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    module = CausalLMModule(DenseStudent("llama-tiny"), vocab_size=len(tokenizer), init_checkpoint=str(student_export))
+    facts = ModelCard.load(_fit_and_export(tmp_path, module, tokenizer, len(tokenizer)) / "README.md").data.xpert
+    assert (facts["method"], facts["source"], facts["source_method"]) == (
+        "WarmStart",
+        str(student_export),
+        "untrained_source",
+    )
 
 
 def test_a_source_moe_export_carries_the_tokenizers_ids(tiny_tokenizer_dir, tmp_path):
