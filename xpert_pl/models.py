@@ -185,6 +185,29 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: tor
     return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, dtype=dtype)
 
 
+def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
+    """The tokenizer's bos/eos/pad ids, keyed as Hugging Face configs name them (`bos_token_id`, ...)."""
+    return {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+
+
+def set_special_token_ids(model: PreTrainedModel, tokenizer: Any) -> dict[str, int | None]:
+    """Write the tokenizer's bos/eos/pad ids into the model's config and generation config, in place.
+
+    `save_pretrained` writes both to `config.json` and `generation_config.json`, so plain `generate()` on the saved
+    model stops at the tokenizer's EOS. Call it on a built model, not at build time: a config's `pad_token_id` at
+    construction becomes the embedding's `padding_idx`, which zeroes that row at init and freezes its gradient.
+
+    Returns:
+        The ids written.
+    """
+    ids = special_token_ids(tokenizer)
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None:
+            for key, value in ids.items():
+                setattr(config, key, value)
+    return ids
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())
@@ -210,14 +233,21 @@ def make_untrained_copy(source: str, out_dir: str, seed: int = 0, trust_remote_c
 
     from xpert_pl.artifacts import atomic_directory, output_problems, write_json
     from xpert_pl.errors import raise_if_problems
+    from xpert_pl.model_card import ModelFacts, write_model_card
 
     raise_if_problems(output_problems(out_dir, "untrained-source"))
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    tokenizer = None
+    if Path(source).is_dir() and any(Path(source).glob("tokenizer*")):
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        set_special_token_ids(model, tokenizer)
+    facts = ModelFacts.of_model(model, method=f"untrained copy (seed {seed})", source=str(source), tokens_seen=0)
     with atomic_directory(out_dir, "untrained-source") as tmp:
         model.save_pretrained(tmp)
-        if Path(source).is_dir() and any(Path(source).glob("tokenizer*")):
-            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_model_card(tmp, facts)
         write_json(tmp / UNTRAINED_MARKER, {"untrained_copy_of": str(source), "seed": seed})
     return Path(out_dir)

@@ -78,5 +78,11 @@ class XpertInit(FFNTransferInit):
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
         bank = self.load_bank()
         source = collapse_bank(bank, self.collapse)
-        source.description = {"bank": str(self.bank), "tucker": bank.manifest.get("tucker"), **source.description}
+        source.description = {
+            "bank": str(self.bank),
+            # The model the bank was extracted from, as `xpert extract` recorded it (None for hand-built banks).
+            "source": bank.manifest.get("source", {}).get("model"),
+            "tucker": bank.manifest.get("tucker"),
+            **source.description,
+        }
         return source
