@@ -39,7 +39,7 @@ NOTE = (
     f"**{NOTE_MARK} (the runs directory was no longer available).** This report was first written with 95% "
     "percentile bootstrap intervals, which over 3-5 seeds are far too narrow: with no true difference they exclude 0 "
     "in about 24% of cases at 3 seeds and 17% at 5, not 5%. Every interval, verdict and reading in the verdict, the "
-    "paired tables and \"Knowledge or statistics?\" is now the paired t-test's 95% t interval, **derived from the "
+    'paired tables and "Knowledge or statistics?" is now the paired t-test\'s 95% t interval, **derived from the '
     "recorded mean difference and p-value** (|t| = t.isf(p/2, n-1), se = |mean difference| / |t|, interval = mean "
     "difference ± t.isf(0.025, n-1) · se), because this version of the report did not keep the per-seed values: "
     "exact for comparisons with scratch (full-precision numbers in report.json); for XPERT against the other "

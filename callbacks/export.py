@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 
 from xpert_pl.artifacts import atomic_directory, write_json
+from xpert_pl.errors import ConfigError
 from xpert_pl.model_card import ModelFacts, provenance, read_facts, write_model_card
+from xpert_pl.paths import path_component_problem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -29,6 +31,8 @@ class HFExport(L.Callback):
         Args:
             dirname: sub-directory of the run's log dir to export into; loads with `from_pretrained`.
         """
+        if (problem := path_component_problem(dirname, "dirname")) is not None:
+            raise ConfigError([f"{type(self).__name__}: {problem}"])
         self.dirname = dirname
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 import lightning as L
 
+from xpert_pl.errors import ConfigError
+from xpert_pl.paths import path_component_problem
+
 When = Literal["validation", "fit_end"]
 
 
@@ -21,6 +24,8 @@ class ScheduledEvaluation(L.Callback, abc.ABC):
             raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
         self.when = when
         self.every_n_validations = every_n_validations
+        if (problem := path_component_problem(dirname, "dirname")) is not None:
+            raise ConfigError([f"{type(self).__name__}: {problem}"])
         self.dirname = dirname
         self._validations = 0
 

@@ -26,13 +26,14 @@ from safetensors.torch import load_file, save_file
 from xpert_pl.errors import ConfigError
 
 ARTIFACT_FILE = "xpert_artifact.json"
-# Kinds whose older directories predate the marker file: recognised by the file the kit always wrote into them.
+# Kinds whose older directories predate the marker file: recognised by files only the kit writes together.
 _LEGACY_MARKERS = {
-    "analysis": "counts.json",
-    "bank": "manifest.json",
-    "hf-model": "xpert_export.json",
-    "tokenizer": "xpert_tokenizer.json",
-    "untrained-source": "untrained.json",
+    "analysis": ("counts.json", "selection.json"),
+    "bank": ("manifest.json", "bank.safetensors"),
+    "hf-model": ("xpert_export.json", "config.json"),
+    "tokenizer": ("xpert_tokenizer.json",),
+    "untrained-source": ("untrained.json", "config.json"),
+    "report": ("report.json", "report.md"),
 }
 
 
@@ -59,7 +60,7 @@ def artifact_kind(path: str | os.PathLike) -> str | None:
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             return None
         return kind if isinstance(kind, str) else None
-    return next((kind for kind, name in _LEGACY_MARKERS.items() if (path / name).is_file()), None)
+    return next((kind for kind, names in _LEGACY_MARKERS.items() if all((path / n).is_file() for n in names)), None)
 
 
 def replace_problem(path: str | os.PathLike, kind: str, option: str = "--out_dir") -> str | None:
@@ -68,7 +69,7 @@ def replace_problem(path: str | os.PathLike, kind: str, option: str = "--out_dir
     resolved, cwd = path.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         return (
-            f"{option} '{path}' is the working directory or one of its parents; the kit writes a {kind} into a "
+            f"{option} '{path}' is the working directory or one of its parents; the kit writes {_a(kind)} into a "
             "directory of its own: give a new path such as runs/<name>"
         )
     if path.exists() and not path.is_dir():
@@ -76,11 +77,15 @@ def replace_problem(path: str | os.PathLike, kind: str, option: str = "--out_dir
     if not path.is_dir() or not any(path.iterdir()) or artifact_kind(path) == kind:
         return None
     found = artifact_kind(path)
-    what = f"a {found} the kit wrote" if found else f"not a {kind} the kit wrote (no {ARTIFACT_FILE} of that kind)"
+    what = f"{_a(found)} the kit wrote" if found else f"not {_a(kind)} the kit wrote (no {ARTIFACT_FILE} of that kind)"
     return (
         f"{option} '{path}' already exists and is {what}; the kit replaces only its own {kind} there, so nothing "
         "was written. Give a new path, or move that directory away yourself"
     )
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def check_replaceable(path: str | os.PathLike, kind: str, option: str = "--out_dir") -> None:
@@ -89,12 +94,16 @@ def check_replaceable(path: str | os.PathLike, kind: str, option: str = "--out_d
         raise ConfigError([problem])
 
 
+def _can_write(directory: Path) -> bool:
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
 def writable_problem(path: str | os.PathLike, option: str = "--out_dir") -> str | None:
     """Why `path` (to be created, or replaced through a sibling) cannot be written, else None."""
     target = Path(path).expanduser().resolve()
     # A new path needs its nearest existing ancestor writable; an existing one its parent (the sibling lives there).
     directory = target.parent if target.exists() else next(p for p in target.parents if p.exists())
-    if directory.is_dir() and os.access(directory, os.W_OK | os.X_OK):
+    if directory.is_dir() and _can_write(directory):
         return None
     return f"{option} '{path}': cannot write into '{directory}' (permission denied or read-only file system)"
 

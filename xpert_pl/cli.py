@@ -52,6 +52,18 @@ class XpertCLI(LightningCLI):
             # Resuming unpickles the checkpoint: only tensors and plain data unless the user vouches for the file.
             config["weights_only"] = True
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a --ckpt_path file's hyperparameters while parsing: a damaged file must surface as the
+        # user's error, not a traceback from torch.load.
+        try:
+            super()._parse_ckpt_path()
+        except (OSError, RuntimeError, EOFError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(
+                [f"--ckpt_path '{path}' is corrupt or truncated ({reason}); resume from an earlier checkpoint"]
+            ) from err
+
     def before_fit(self) -> None:
         if not _is_launching_process():
             return  # a DDP worker started by rank 0, which already checked and locked the folder
@@ -62,6 +74,9 @@ class XpertCLI(LightningCLI):
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         ckpt_path, weights_only = config.get("ckpt_path"), bool(config.get("weights_only", True))
         self.run_folder = RunFolder(run_dir, resume=ckpt_path is not None, overwrite=bool(config.get("overwrite")))
+        check_sources = getattr(self.datamodule, "check_sources", None)
+        if check_sources is not None:
+            check_sources()  # bad data files are named before anything is written or tokenised
         model = _meta_model(self.model)
         problems = self.run_folder.problems()
         problems += _shape_problems(model, self.datamodule)

@@ -20,6 +20,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from xpert_pl.errors import ConfigError
+
 # The real OLMoE-1B-7B shape (allenai/OLMoE-1B-7B-0924) and a CPU-sized model with the same structure.
 MOE_PRESETS: dict[str, dict[str, Any]] = {
     "olmoe-tiny": dict(
@@ -91,7 +93,17 @@ DENSE_PRESETS: dict[str, dict[str, Any]] = {
 def _resolve_preset(presets: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     if name not in presets:
         raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(presets)}")
-    return {**presets[name], **overrides}
+    fields = {**presets[name], **overrides}
+    hidden, heads = fields.get("hidden_size"), fields.get("num_attention_heads")
+    kv_heads = fields.get("num_key_value_heads") or heads
+    if hidden and heads and (hidden % heads or heads % kv_heads):
+        raise ConfigError(
+            [
+                f"model preset '{name}' with overrides {overrides}: hidden_size {hidden} must be divisible by "
+                f"num_attention_heads {heads}, and that by num_key_value_heads {kv_heads}; change the overrides"
+            ]
+        )
+    return fields
 
 
 class ModelBuilder(abc.ABC):

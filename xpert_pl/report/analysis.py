@@ -110,7 +110,6 @@ class Analysis:
         headline = (scale, budget) in self.headline_groups()
         return {"scale": scale, "budget": budget, "headline": headline, "methods": methods}
 
-
     def _xpert_vs(self, scale: str, budget: str, method: str) -> dict[str, Any]:
         """XPERT minus `method`: the final loss (the verdict) and the steps fraction (knowledge or statistics)."""
         return {

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.artifacts import atomic_path
+from xpert_pl.artifacts import atomic_directory, atomic_path, check_replaceable
 from xpert_pl.report import appendix, sections
 from xpert_pl.report.analysis import Analysis
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
@@ -34,13 +34,15 @@ def write_report(
     """
     runs = load_runs(runs_dir)
     out = Path(out_dir) if out_dir is not None else runs.root / "report"
+    check_replaceable(out, "report")  # an existing folder is replaced only when it is an earlier report
     analysis = Analysis(runs)
-    blocks = build_blocks(analysis, out / "figures", layer_heatmaps)
     title = f"XPERT report: {runs.root.resolve().name}"
+    with atomic_directory(out, "report") as tmp:
+        blocks = build_blocks(analysis, tmp / "figures", layer_heatmaps)
+        _write_text(tmp / "report.md", to_markdown(blocks, tmp))
+        _write_text(tmp / "report.html", to_html(blocks, title))
+        _write_text(tmp / "report.json", json.dumps(_finite(analysis.summary()), indent=2) + "\n")
     report = out / "report.md"
-    _write_text(report, to_markdown(blocks, out))
-    _write_text(out / "report.html", to_html(blocks, title))
-    _write_text(out / "report.json", json.dumps(_finite(analysis.summary()), indent=2) + "\n")
     log.info("report written to %s (and report.html, report.json)", report)
     return report
 
@@ -76,7 +78,6 @@ def build_blocks(analysis: Analysis, figures: Path, layer_heatmaps: bool = False
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o644)  # a report is for sharing; the atomic temp file is created owner-only
 
 
 def _overview(runs: RunsDir) -> str:

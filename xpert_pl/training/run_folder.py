@@ -91,3 +91,4 @@ class RunFolder:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+            (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
