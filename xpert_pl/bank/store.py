@@ -195,6 +195,7 @@ class KnowledgeBank:
     @classmethod
     def _from_tensors(cls, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], where: Path) -> KnowledgeBank:
         entries, weights, experts, groups, expert_layers, expected = {}, {}, {}, {}, {}, set()
+        num_experts = (manifest.get("source") or {}).get("num_experts")
         for record in manifest["layers"]:
             layer = int(record["layer"])
             experts[layer] = [int(e) for e in record["experts"]]
@@ -203,6 +204,8 @@ class KnowledgeBank:
             expert_layers[layer] = [int(s) for s in record.get("expert_layers", [layer] * len(experts[layer]))]
             _check_sources(layer, experts[layer], groups[layer], expert_layers[layer], where)
             weights[layer] = _take(tensors, f"layers.{layer}.weights", (len(experts[layer]),), where, expected)
+            _check_choice(layer, experts[layer], expert_layers[layer], num_experts, where / MANIFEST_FILE)
+            _check_weights(layer, weights[layer], where / TENSORS_FILE)
             entries[layer] = {
                 m: _load_entry(tensors, layer, m, info, where, expected) for m, info in record["matrices"].items()
             }
@@ -243,6 +246,32 @@ def _check_sources(layer: int, experts: list[int], groups: list[int], expert_lay
         raise BankIntegrityError(
             f"{where}: layer {layer} lists experts {experts} from layers {expert_layers}, "
             f"which do not match its source layers {groups}"
+        )
+
+
+def _check_choice(
+    layer: int, experts: list[int], expert_layers: list[int], num_experts: int | None, where: Path
+) -> None:
+    """Expert ids must be distinct (per source layer, in a grouped bank) and in [0, the source's expert count)."""
+    bound = f"[0, {num_experts})" if num_experts else "[0, ...)"
+    bad = [e for e in experts if e < 0 or (num_experts and e >= int(num_experts))]
+    if bad:
+        raise BankIntegrityError(
+            f"{where}: layer {layer} names expert ids {bad} out of range {bound} (the source's expert count)"
+        )
+    pairs = list(zip(expert_layers, experts, strict=True))
+    if len(set(pairs)) != len(pairs):
+        raise BankIntegrityError(f"{where}: layer {layer} names an expert twice: experts {experts} of {expert_layers}")
+
+
+def _check_weights(layer: int, weights: torch.Tensor, where: Path, tolerance: float = 1e-5) -> None:
+    """A layer's expert weights must be finite, non-negative and sum to 1 (they mix the experts)."""
+    values = weights.double()
+    finite = bool(torch.isfinite(values).all())
+    if not finite or bool((values < 0).any()) or abs(float(values.sum()) - 1.0) > tolerance:
+        raise BankIntegrityError(
+            f"{where}: layer {layer} has expert weights {weights.tolist()}; they must be finite, non-negative "
+            f"and sum to 1 (within {tolerance:g})"
         )
 
 
