@@ -208,6 +208,17 @@ def test_untrained_control_refuses_a_bank_of_the_trained_source(tiny_bank):
         UntrainedSourceInit(str(tiny_bank)).initialize(_student(320))
 
 
+def test_untrained_control_refuses_a_bank_not_made_from_the_copy_it_names(tiny_bank, tiny_untrained_bank, tmp_path):
+    copy = KnowledgeBank.load(tiny_untrained_bank).manifest["source"]["model"]
+    bank = shutil.copytree(tiny_bank, tmp_path / "bank")  # the trained source's bank, claiming the untrained copy
+    manifest = json.loads((bank / "manifest.json").read_text())
+    manifest["source"]["model"] = copy
+    (bank / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SourceMismatchError, match=r"bank .* was made from another model"):
+        UntrainedSourceInit(str(bank)).load_bank()
+    UntrainedSourceInit(str(tiny_untrained_bank)).load_bank()  # the real one passes
+
+
 # --- bank manifests are validated on load ------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ Layout of a bank directory:
     bank.safetensors  keys `layers.{l}.{m}.core|U1|U2|U3|expert_norm` and `layers.{l}.weights`
     manifest.json     format version, source description, selection, ranks, shapes, errors, algorithms,
                       sha256 of the tensors
-A bank is self-contained: initializers load it without the source model.
+A bank is self-contained: initializers load it without the source model. Its manifest's `source` records the
+source fingerprint (`xpert_pl.provenance`) and expert count; `load` checks each layer's expert ids (distinct, in
+range of that count) and weights (finite, non-negative, summing to 1).
 
 A bank layer `l` is normally source decoder layer `l`. A grouped bank (`extract_bank(..., group_layers=G)`) has
 layers 0..G-1 instead, each built from the experts of several source layers stacked together; its
@@ -165,7 +167,7 @@ class KnowledgeBank:
 
     @classmethod
     def load(cls, bank_dir: str | os.PathLike) -> KnowledgeBank:
-        """Load and validate a bank directory (safetensors only; checksum and shapes are checked)."""
+        """Load and validate a bank directory (safetensors only; checksum, shapes, expert ids and weights checked)."""
         bank_dir = Path(bank_dir)
         manifest_path, tensors_path = bank_dir / MANIFEST_FILE, bank_dir / TENSORS_FILE
         for path in (manifest_path, tensors_path):
