@@ -130,7 +130,9 @@ def require_record(data: Mapping[str, Any] | None, kind: str, where: str | os.Pa
     return record
 
 
-def check_same_source(record: Mapping[str, Any], kind: str, where: str | os.PathLike, model: str, fingerprint: str):
+def check_same_source(
+    record: Mapping[str, Any], kind: str, where: str | os.PathLike, model: str, fingerprint: str
+) -> None:
     """Raise SourceMismatchError unless the artifact's source `record` has `fingerprint` (that of `model`)."""
     if record["fingerprint"] != fingerprint:
         made_from = record.get("model")
