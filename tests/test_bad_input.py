@@ -79,7 +79,7 @@ def test_source_that_is_not_an_moe(tiny_tokenizer_dir, tmp_path, capsys):
 
     DenseStudent("llama-tiny").build(320).save_pretrained(tmp_path / "dense")
     selection = tmp_path / "selection.json"
-    selection.write_text("{}")
+    selection.write_text(json.dumps({"layers": [], "source": {"fingerprint": "0" * 16, "model": "elsewhere"}}))
     argv = ["extract", f"--model={tmp_path / 'dense'}", f"--selection={selection}", f"--out_dir={tmp_path / 'b'}"]
     _fails(capsys, argv, "not a supported Mixture-of-Experts", "supported families: olmoe")
     assert not (tmp_path / "b").exists()

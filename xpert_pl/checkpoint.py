@@ -8,7 +8,6 @@ as in `xpert_pl.experts`: float32, gate and up (I x H), down (H x I).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -117,14 +116,20 @@ class CheckpointExperts:
         prefixes = tuple(self.family.shared_key_prefixes(layer))
         return sorted(k for k in self._weight_map if prefixes and k.startswith(prefixes))
 
+    def router_weight(self, layer: int) -> torch.Tensor:
+        """MoE layer `layer`'s router weight (E x H) as stored (its dtype kept), read by key."""
+        candidates = self.family.router_key_candidates(layer)
+        key = next((k for k in candidates if k in self._weight_map), None)
+        if key is None:
+            raise CheckpointError(f"{self.path}: no router weight for layer {layer}; tried keys {candidates}")
+        with self._open(self._weight_map[key]) as handle:
+            return self._guarded(key, lambda: handle.get_tensor(key))
+
     def fingerprint(self) -> str:
-        """A short sha256 of config.json, the shard index and the weight files' names and sizes (no weights read)."""
-        digest = hashlib.sha256((self.path / "config.json").read_bytes())
-        if (self.path / INDEX_FILE).is_file():
-            digest.update((self.path / INDEX_FILE).read_bytes())
-        for name in self.weight_files:
-            digest.update(f"{name}:{(self.path / name).stat().st_size};".encode())
-        return digest.hexdigest()[:16]
+        """The source fingerprint (`xpert_pl.provenance.source_fingerprint`): config and router weights."""
+        from xpert_pl.provenance import source_fingerprint
+
+        return source_fingerprint(self)
 
     def _check(self, layer: int, expert_ids: list[int], matrix: str) -> None:
         if matrix not in MATRICES:

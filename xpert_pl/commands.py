@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from xpert_pl.analysis import ActivationCounts, ConsistentExpertSelector, ExpertSelector, model_fingerprint
+from xpert_pl.analysis import ActivationCounts, ConsistentExpertSelector, ExpertSelector
 from xpert_pl.analysis.counter import Precision
 from xpert_pl.artifacts import atomic_directory, output_problems, replace_problem
 from xpert_pl.bank import TuckerConsolidator, extract_bank
@@ -19,6 +19,7 @@ from xpert_pl.demo import demo
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.experts import moe_layers
 from xpert_pl.models import load_causal_lm
+from xpert_pl.provenance import open_checked_source, source_fingerprint, source_record
 from xpert_pl.resume import FinishedUnits, partial_directory
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def analyze(
                 f"{source.config.vocab_size}; analyse with the tokenizer the source was trained with"
             ]
         )
-    fingerprint = model_fingerprint(source)
+    fingerprint = source_fingerprint(source)
     settings = {"model_fingerprint": fingerprint, "max_tokens_per_domain": max_tokens_per_domain, "dtype": str(dtype)}
     settings |= {"data": {k: data.hparams[k] for k in ("tokenizer", "block_size", "max_val_blocks_per_domain")}}
     settings |= {"domains": [dataclasses.asdict(s) for s in data.domains]}
@@ -87,6 +88,7 @@ def analyze(
     meta = {
         "model": str(model),
         "model_fingerprint": fingerprint,
+        "source": source_record(fingerprint, model),
         "tokenizer": str(data.hparams.tokenizer),
         "max_tokens_per_domain": max_tokens_per_domain,
         "precision": str(dtype).removeprefix("torch."),
@@ -214,20 +216,19 @@ def extract(
             and memory, read from the weight files' headers, and stop: nothing is decomposed or written.
     """
     from xpert_pl.bank import format_plan, plan_extraction
-    from xpert_pl.checkpoint import CheckpointExperts, has_safetensors_weights
+    from xpert_pl.checkpoint import open_expert_source
 
     if not Path(selection).is_file():
         raise FileNotFoundError(f"selection '{selection}' not found; run `xpert analyze` first")
     if not dry_run:
         raise_if_problems(output_problems(out_dir, "bank"))
     consolidator = consolidator or TuckerConsolidator()
-    if Path(model).is_dir() and has_safetensors_weights(model):
-        # Read only the selected experts' tensors: a large source never has to fit in memory.
-        source = CheckpointExperts(model)
-    else:
-        if Path(model).is_dir():
-            log.warning("%s has no safetensors weights; loading the whole model to read its experts", model)
-        source = load_causal_lm(model, trust_remote_code=trust_remote_code)
+    # A selection made from another model is refused before any expert is read (a local safetensors source is
+    # read by key, so a large one never has to fit in memory).
+    chosen = read_selection(selection)
+    source, fingerprint = open_checked_source(
+        chosen, "selection", selection, model, lambda: open_expert_source(model, trust_remote_code)
+    )
     if dry_run:
         print(format_plan(plan_extraction(source, selection, consolidator, group_layers)))
         problem = replace_problem(out_dir, "bank")
@@ -235,14 +236,13 @@ def extract(
         fate = fate if problem is None else f"would be refused: {problem}"
         print(f"dry run: nothing was decomposed or written ({out_dir} {fate})")
         return
-    fingerprint = source.fingerprint() if isinstance(source, CheckpointExperts) else model_fingerprint(source)
-    settings = {"source": fingerprint, "selection": read_selection(selection), "group_layers": group_layers}
+    settings = {"source": fingerprint, "selection": chosen, "group_layers": group_layers}
     finished = FinishedUnits(partial_directory(out_dir), {**settings, "tucker": consolidator.describe()})
     bank = extract_bank(
         source,
         selection,
         consolidator,
-        source_description={"model": str(model), "model_fingerprint": fingerprint},
+        source_description=source_record(fingerprint, model),
         group_layers=group_layers,
         finished=finished,
     )

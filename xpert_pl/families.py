@@ -68,6 +68,7 @@ class Family:
         top_k_field: config field with the experts per token.
         router: attribute name of the router inside the MoE block.
         experts: attribute name of the routed experts inside the MoE block.
+        router_keys: router weight key suffixes (after `model.layers.{l}.`), in the order they are tried.
     """
 
     name: str
@@ -82,6 +83,7 @@ class Family:
     top_k_field: str = "num_experts_per_tok"
     router: str = "gate"
     experts: str = "experts"
+    router_keys: tuple[str, ...] = ("mlp.gate.weight",)
 
     def num_experts(self, config: Any) -> int:
         """Routed experts per MoE layer (0 when the config has none)."""
@@ -112,6 +114,10 @@ class Family:
         prefix = LAYER_PREFIX.format(l=layer)
         return [(prefix + gate_up, prefix + down) for gate_up, down in self.fused_keys]
 
+    def router_key_candidates(self, layer: int) -> list[str]:
+        """Candidate checkpoint keys of one MoE layer's router weight (E x H)."""
+        return [LAYER_PREFIX.format(l=layer) + key for key in self.router_keys]
+
     def shared_key_prefixes(self, layer: int) -> list[str]:
         """Key prefixes of the shared experts' tensors in one layer."""
         return [LAYER_PREFIX.format(l=layer) + p for p in self.shared_prefixes]
@@ -133,6 +139,7 @@ FAMILIES: dict[str, Family] = {
         blocks=("mlp", "block_sparse_moe"),
         expert_keys=(_MIXTRAL_ORIGINAL, _PER_EXPERT),
         fused_keys=(_FUSED, ("block_sparse_moe.experts.gate_up_proj", "block_sparse_moe.experts.down_proj")),
+        router_keys=("block_sparse_moe.gate.weight", "mlp.gate.weight"),
     ),
     "qwen2_moe": Family(
         "qwen2_moe",

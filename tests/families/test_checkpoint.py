@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import xpert_pl.checkpoint as checkpoint_module
 from xpert_pl.checkpoint import CheckpointError, CheckpointExperts
 from xpert_pl.experts import MATRICES, SUPPORTED_FAMILIES, UnsupportedModelError, expert_matrix, moe_layers
+from xpert_pl.provenance import source_fingerprint
 
 
 def assert_same_experts(model, reader: CheckpointExperts) -> None:
@@ -186,3 +187,25 @@ def test_fingerprint_depends_on_files_not_on_the_path(saved_families, tmp_path):
     copy = shutil.copytree(directory, tmp_path / "copy")
     assert CheckpointExperts(directory).fingerprint() == CheckpointExperts(copy).fingerprint()
     assert CheckpointExperts(directory).fingerprint() != CheckpointExperts(saved_families["olmoe"][1]).fingerprint()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_source_fingerprint_of_the_checkpoint_equals_the_live_models(saved_families, family, tmp_path):
+    """One fingerprint per model: read from disk by the family's router keys, or from the live router modules."""
+    model, directory = saved_families[family]
+    assert CheckpointExperts(directory).fingerprint() == source_fingerprint(model)
+    fused = write_fused_checkpoint(model, tmp_path / "fused")  # another layout and a config.json of all fields
+    assert source_fingerprint(fused) == source_fingerprint(model)
+
+
+def test_mixtral_original_router_key_gives_the_same_fingerprint(saved_families, tmp_path):
+    model, _ = saved_families["mixtral"]
+    original = write_fused_checkpoint(model, tmp_path / "original", rename={".mlp.": ".block_sparse_moe."})
+    assert "model.layers.0.block_sparse_moe.gate.weight" in CheckpointExperts(original)._weight_map
+    assert source_fingerprint(original) == source_fingerprint(model)
+
+
+def test_checkpoint_without_a_router_is_named(saved_families, tmp_path):
+    directory = write_fused_checkpoint(saved_families["olmoe"][0], tmp_path / "no_router", rename={".gate.": ".x."})
+    with pytest.raises(CheckpointError, match=r"no router weight for layer 0; tried keys \['model.layers.0.mlp.gate"):
+        source_fingerprint(directory)

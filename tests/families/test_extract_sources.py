@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import xpert_pl.commands as commands
+import xpert_pl.models
 from xpert_pl.bank import KnowledgeBank, TuckerConsolidator, extract_bank
 from xpert_pl.checkpoint import CheckpointExperts
+from xpert_pl.provenance import source_fingerprint, source_record
 
 
 def selection_for(layers: list[int], num_experts: int) -> dict:
@@ -60,7 +62,7 @@ def test_dense_or_out_of_range_selections_are_rejected_for_both_sources(saved_fa
 
 def test_extract_command_reads_a_local_directory_without_loading_the_model(saved_families, tmp_path, monkeypatch):
     model, directory = saved_families["deepseek_v2"]
-    selection = selection_for([1, 2], 8)
+    selection = {**selection_for([1, 2], 8), "source": source_record(source_fingerprint(directory), directory)}
     path = tmp_path / "selection.json"
     path.write_text(json.dumps(selection))
 
@@ -68,13 +70,14 @@ def test_extract_command_reads_a_local_directory_without_loading_the_model(saved
         raise AssertionError("the whole model must not be loaded for a local safetensors checkpoint")
 
     monkeypatch.setattr(commands, "load_causal_lm", no_load)
+    monkeypatch.setattr(xpert_pl.models, "load_causal_lm", no_load)
     consolidator = TuckerConsolidator(ranks=[1.0, 1.0, 1.0], n_iter_max=2)
     commands.extract(str(directory), str(path), out_dir=str(tmp_path / "bank"), consolidator=consolidator)
     bank = KnowledgeBank.load(tmp_path / "bank")
     assert_same_bank(bank, extract_bank(model, selection, consolidator, progress=False))
     source = bank.manifest["source"]
     assert source["model"] == str(directory)
-    assert source["model_fingerprint"] == CheckpointExperts(directory).fingerprint()
+    assert source["fingerprint"] == CheckpointExperts(directory).fingerprint() == source_fingerprint(model)
 
 
 def test_extract_command_loads_a_directory_without_safetensors(saved_families, tmp_path, monkeypatch):
@@ -89,9 +92,9 @@ def test_extract_command_loads_a_directory_without_safetensors(saved_families, t
         loaded.append(path)
         return model
 
-    monkeypatch.setattr(commands, "load_causal_lm", fake_load)
+    monkeypatch.setattr(xpert_pl.models, "load_causal_lm", fake_load)
     path = tmp_path / "selection.json"
-    path.write_text(json.dumps(selection_for([0], 4)))
+    path.write_text(json.dumps({**selection_for([0], 4), "source": source_record(source_fingerprint(model))}))
     commands.extract(str(legacy), str(path), out_dir=str(tmp_path / "bank"), consolidator=TuckerConsolidator())
     assert loaded == [str(legacy)] and (tmp_path / "bank" / "bank.safetensors").is_file()
 

@@ -22,6 +22,7 @@ from xpert_pl.initializers import (
 )
 from xpert_pl.initializers.peers import fit_linear_expansion
 from xpert_pl.models import DenseStudent, load_causal_lm
+from xpert_pl.provenance import source_fingerprint, source_record
 
 MATS = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 FAST = TuckerConsolidator(n_iter_max=3)  # a few HOOI sweeps: the selection, not the decomposition, is tested
@@ -80,6 +81,7 @@ def test_full_experts_equals_xpert_with_a_full_rank_bank(tiny_source_dir, tiny_b
     # tiny_bank: experts 1 and 5 of every layer, weights 3:1, full-rank Tucker (an exact decomposition).
     layers = [{"layer": i, "experts": [1, 5], "weights": [0.75, 0.25], "scores": [1.0] * 8} for i in range(4)]
     selection = {"strategy": "fixture", "n": 2, "num_experts": 8, "top_k": 2, "domains": ["a"], "score": "fixed"}
+    selection["source"] = source_record(source_fingerprint(tiny_source_dir), tiny_source_dir)
     (tmp_path / "selection.json").write_text(json.dumps({**selection, "layers": layers}))
     full, xpert = student(vocab), student(vocab)
     FullExpertsInit(str(tiny_source_dir), str(tmp_path / "selection.json")).initialize(full)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,10 @@ from transformers import PreTrainedModel
 from xpert_pl.analysis.counter import COUNTS_META, COUNTS_TENSORS, ActivationCounts, count_activations
 from xpert_pl.analysis.selection import ExpertSelector, Selection
 from xpert_pl.artifacts import sha256_file, write_json
-from xpert_pl.experts import UnsupportedModelError, moe_layers
+from xpert_pl.provenance import source_fingerprint, source_record
+
+# The one source fingerprint (see `xpert_pl.provenance`), under the name this module has always exported.
+model_fingerprint = source_fingerprint
 
 SELECTION_FILE = "selection.json"
 MANIFEST_FILE = "manifest.json"
@@ -32,10 +33,13 @@ def run_analysis(
 ) -> tuple[ActivationCounts, Selection]:
     """Count expert activations per domain, select experts, and write the analysis artifacts into `out_dir`.
 
-    The artifacts are those of `write_analysis`; `meta` gains the model fingerprint and the token budget.
+    The artifacts are those of `write_analysis`; `meta` gains the source fingerprint (and its `source` record,
+    naming `meta["model"]` when given) and the token budget.
     """
+    fingerprint = source_fingerprint(model)
     meta = {
-        "model_fingerprint": model_fingerprint(model),
+        "model_fingerprint": fingerprint,
+        "source": source_record(fingerprint, (meta or {}).get("model")),
         "max_tokens_per_domain": max_tokens_per_domain,
         **(meta or {}),
     }
@@ -53,7 +57,8 @@ def write_analysis(
 ) -> Selection:
     """Write the artifacts of an analysis from counts made elsewhere (any device count or precision).
 
-    Writes `counts.safetensors`, `counts.json` (with `meta`), `selection.json`, if `plots` the figures in
+    Writes `counts.safetensors`, `counts.json` (with `meta`), `selection.json` (with `meta["source"]`, the source
+    record that `xpert extract` and the initializers check), if `plots` the figures in
     `heatmaps/` (per-layer heatmaps, consistency and `selection_vs_n`, the same selector for n = 1..E via
     `ExpertSelector.with_n`, each as PNG and SVG) and `manifest.json` (sha256 of every file, `meta`, the
     selector's class and arguments, tokens per domain).
@@ -62,6 +67,8 @@ def write_analysis(
     meta = dict(meta or {})
     counts.save(out_dir, extra_meta=meta)
     selection = selector.select(counts)
+    if meta.get("source") is not None:
+        selection.source = dict(meta["source"])
     selection.save(out_dir / SELECTION_FILE)
     files = [out_dir / COUNTS_TENSORS, out_dir / COUNTS_META, out_dir / SELECTION_FILE]
     if plots:
@@ -77,33 +84,3 @@ def write_analysis(
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
     return selection
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short sha256 identifying a model: config, state-dict layout and the first/last router weights.
-
-    Cheap enough for a 7B model (it hashes two router matrices, not all weights), yet two analyses of different
-    checkpoints of one architecture still differ, since training moves the routers.
-    """
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None:
-        # Private keys (`_name_or_path`, ...) and the library version vary with where and how a model was loaded.
-        fields = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
-        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
-    state = model.state_dict()
-    for key, tensor in state.items():
-        digest.update(f"{key}:{tuple(tensor.shape)};".encode())
-    for tensor in _probe_tensors(model, state):
-        digest.update(tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _probe_tensors(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """First and last router weights of a supported MoE, else the first and last state-dict tensors."""
-    try:
-        layers = moe_layers(model)
-        return [layers[0].router.weight, layers[-1].router.weight]
-    except (UnsupportedModelError, AttributeError):
-        values = list(state.values())
-        return [values[0], values[-1]] if values else []

@@ -2,7 +2,8 @@
 
 The JSON that `Selection.save` writes is a fixed schema read by the bank extractor:
 `{"strategy", "n", "num_experts", "top_k", "domains", "score", "layers": [{"layer", "experts", "weights",
-"scores"}]}`. A strategy may add optional per-layer keys after these (e.g. `domain` for a specialist,
+"scores"}]}`, plus `source` (`{"fingerprint", "model"}`, see `xpert_pl.provenance`) when the analysis recorded
+which model it was made from. A strategy may add optional per-layer keys after these (e.g. `domain` for a specialist,
 `weights_note` when frequency weights fell back to uniform); readers ignore keys they do not know.
 
 This module holds the schema, the `ExpertSelector` interface, the helpers every strategy shares and the XPERT
@@ -99,12 +100,15 @@ class Selection:
     domains: list[str]
     layers: list[LayerSelection]
     score: str
+    source: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of the schema (what `save` writes and the bank extractor reads)."""
         data = {key: getattr(self, key) for key in SELECTION_KEYS}
         data["domains"] = list(self.domains)
         data["layers"] = [layer.to_dict() for layer in self.layers]
+        if self.source is not None:
+            data["source"] = dict(self.source)
         return data
 
     def save(self, path: str | Path) -> None:
@@ -137,6 +141,7 @@ class Selection:
             domains=list(data["domains"]),
             layers=layers,
             score=str(data["score"]),
+            source=data.get("source"),
         )
 
 

@@ -26,6 +26,7 @@ from xpert_pl.bank.tucker import TuckerConsolidator
 from xpert_pl.checkpoint import CheckpointError, CheckpointExperts
 from xpert_pl.experts import MATRICES, moe_layers, stack_experts
 from xpert_pl.families import config_dict, family_of
+from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
 from xpert_pl.resume import FinishedUnits
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,8 @@ def extract_bank(
             `layer` is the decoder layer index (dense layers of e.g. DeepSeek cannot be selected).
         consolidator: the Tucker settings.
         source_description: JSON-able description of the source (e.g. the builder's `describe()`), stored in
-            the manifest next to the model's config summary.
+            the manifest next to the model's config summary and its source `fingerprint` (`xpert_pl.provenance`).
+            A selection that records a source fingerprint must match the source's (SourceMismatchError).
         progress: show a tqdm bar over layers.
         group_layers: G groups of contiguous selected layers (see `group_source_layers`), each decomposed as one
             stack of all its layers' experts; the group's weights are its layers' weights divided by the number
@@ -262,6 +264,7 @@ def extract_bank(
             same settings, see `FinishedUnits`) are not decomposed again.
     """
     selection = read_selection(selection)
+    description = _checked_description(source, selection, source_description)
     reader = expert_reader(source)
     chosen = _checked_selection(selection, reader.num_experts)
     groups = group_source_layers(list(chosen), group_layers)
@@ -274,7 +277,7 @@ def extract_bank(
         entries[key] = _layer_entries(key, layers, reader, chosen, consolidator, finished, made)
     grouping = None if group_layers is None else {"groups": len(groups), "source_layers": list(groups.values())}
     manifest = {
-        "source": {**reader.summary, **(source_description or {})},
+        "source": {**reader.summary, **description},
         "selection": selection,
         "tucker": consolidator.describe(),
         "grouping": grouping,
@@ -287,6 +290,19 @@ def extract_bank(
         source_groups=groups,
         expert_layers=expert_layers,
     )
+
+
+def _checked_description(
+    source: nn.Module | CheckpointExperts, selection: dict[str, Any], source_description: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The manifest's source description with the source's own fingerprint (whatever the description says);
+    SourceMismatchError if the selection records another source (one that records none is the caller's own)."""
+    description = {"model": None, **(source_description or {}), "fingerprint": source_fingerprint(source)}
+    record = recorded_source(selection)
+    if record is not None:
+        model = str(description.get("model") or type(source).__name__)
+        check_same_source(record, "selection", "given to extract_bank", model, description["fingerprint"])
+    return description
 
 
 def _layer_entries(

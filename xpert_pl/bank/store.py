@@ -4,7 +4,9 @@ Layout of a bank directory:
     bank.safetensors  keys `layers.{l}.{m}.core|U1|U2|U3|expert_norm` and `layers.{l}.weights`
     manifest.json     format version, source description, selection, ranks, shapes, errors, algorithms,
                       sha256 of the tensors
-A bank is self-contained: initializers load it without the source model.
+A bank is self-contained: initializers load it without the source model. Its manifest's `source` records the
+source fingerprint (`xpert_pl.provenance`) and expert count; `load` checks each layer's expert ids (distinct, in
+range of that count) and weights (finite, non-negative, summing to 1).
 
 A bank layer `l` is normally source decoder layer `l`. A grouped bank (`extract_bank(..., group_layers=G)`) has
 layers 0..G-1 instead, each built from the experts of several source layers stacked together; its
@@ -165,7 +167,7 @@ class KnowledgeBank:
 
     @classmethod
     def load(cls, bank_dir: str | os.PathLike) -> KnowledgeBank:
-        """Load and validate a bank directory (safetensors only; checksum and shapes are checked)."""
+        """Load and validate a bank directory (safetensors only; checksum, shapes, expert ids and weights checked)."""
         bank_dir = Path(bank_dir)
         manifest_path, tensors_path = bank_dir / MANIFEST_FILE, bank_dir / TENSORS_FILE
         for path in (manifest_path, tensors_path):
@@ -195,6 +197,7 @@ class KnowledgeBank:
     @classmethod
     def _from_tensors(cls, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], where: Path) -> KnowledgeBank:
         entries, weights, experts, groups, expert_layers, expected = {}, {}, {}, {}, {}, set()
+        num_experts = (manifest.get("source") or {}).get("num_experts")
         for record in manifest["layers"]:
             layer = int(record["layer"])
             experts[layer] = [int(e) for e in record["experts"]]
@@ -203,6 +206,8 @@ class KnowledgeBank:
             expert_layers[layer] = [int(s) for s in record.get("expert_layers", [layer] * len(experts[layer]))]
             _check_sources(layer, experts[layer], groups[layer], expert_layers[layer], where)
             weights[layer] = _take(tensors, f"layers.{layer}.weights", (len(experts[layer]),), where, expected)
+            _check_choice(layer, experts[layer], expert_layers[layer], num_experts, where / MANIFEST_FILE)
+            _check_weights(layer, weights[layer], where / TENSORS_FILE)
             entries[layer] = {
                 m: _load_entry(tensors, layer, m, info, where, expected) for m, info in record["matrices"].items()
             }
@@ -243,6 +248,32 @@ def _check_sources(layer: int, experts: list[int], groups: list[int], expert_lay
         raise BankIntegrityError(
             f"{where}: layer {layer} lists experts {experts} from layers {expert_layers}, "
             f"which do not match its source layers {groups}"
+        )
+
+
+def _check_choice(
+    layer: int, experts: list[int], expert_layers: list[int], num_experts: int | None, where: Path
+) -> None:
+    """Expert ids must be distinct (per source layer, in a grouped bank) and in [0, the source's expert count)."""
+    bound = f"[0, {num_experts})" if num_experts else "[0, ...)"
+    bad = [e for e in experts if e < 0 or (num_experts and e >= int(num_experts))]
+    if bad:
+        raise BankIntegrityError(
+            f"{where}: layer {layer} names expert ids {bad} out of range {bound} (the source's expert count)"
+        )
+    pairs = list(zip(expert_layers, experts, strict=True))
+    if len(set(pairs)) != len(pairs):
+        raise BankIntegrityError(f"{where}: layer {layer} names an expert twice: experts {experts} of {expert_layers}")
+
+
+def _check_weights(layer: int, weights: torch.Tensor, where: Path, tolerance: float = 1e-5) -> None:
+    """A layer's expert weights must be finite, non-negative and sum to 1 (they mix the experts)."""
+    values = weights.double()
+    finite = bool(torch.isfinite(values).all())
+    if not finite or bool((values < 0).any()) or abs(float(values.sum()) - 1.0) > tolerance:
+        raise BankIntegrityError(
+            f"{where}: layer {layer} has expert weights {weights.tolist()}; they must be finite, non-negative "
+            f"and sum to 1 (within {tolerance:g})"
         )
 
 

@@ -29,6 +29,7 @@ from xpert_pl.checkpoint import open_expert_source
 from xpert_pl.experts import MATRICES
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, NeuronSelection, SourceFFN, WiderFFN
 from xpert_pl.initializers.xpert import Collapse, collapse_bank
+from xpert_pl.provenance import analysis_record, open_checked_source
 
 SELECTION_FILE = "selection.json"
 
@@ -39,6 +40,22 @@ def load_analysis(analysis: str) -> tuple[ActivationCounts, Selection]:
     if not (path / SELECTION_FILE).is_file():
         raise FileNotFoundError(f"'{path}' is not an analysis directory (no {SELECTION_FILE}); run `xpert analyze`")
     return ActivationCounts.load(path), Selection.load(path / SELECTION_FILE)
+
+
+def checked_source(
+    source: str, artifact: dict[str, Any] | None, kind: str, where: str, trust_remote_code: bool = False
+) -> Any:
+    """The opened source (see `open_expert_source`), once `artifact` (a selection or an analysis's source data) is
+    shown to be made from it; SourceMismatchError otherwise, before any expert is read."""
+    opened, _ = open_checked_source(
+        artifact, kind, where, source, lambda: open_expert_source(source, trust_remote_code)
+    )
+    return opened
+
+
+def analysis_source(analysis: str, source: str, trust_remote_code: bool = False) -> Any:
+    """The opened source, once the analysis in directory `analysis` is shown to be made from it."""
+    return checked_source(source, analysis_record(analysis), "analysis", analysis, trust_remote_code)
 
 
 def average_experts(source: Any, choice: dict[int, tuple[list[int], list[float]]], progress: bool = True) -> SourceFFN:
@@ -102,8 +119,8 @@ class ReselectedBankInit(FFNTransferInit):
     def build_bank(self) -> KnowledgeBank:
         """Select with `selector` (n: this control's, else XPERT's), read those experts, decompose them."""
         counts, xpert_selection = load_analysis(self.analysis)
+        source = analysis_source(self.analysis, self.source, self.trust_remote_code)
         selection = self.selector(self.n or xpert_selection.n).select(counts).to_dict()
-        source = open_expert_source(self.source, self.trust_remote_code)
         return extract_bank(source, selection, self.consolidator, {"model": str(self.source)}, progress=False)
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
@@ -223,8 +240,9 @@ class FullExpertsInit(FFNTransferInit):
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
         if not Path(self.selection).is_file():
             raise FileNotFoundError(f"selection '{self.selection}' not found; run `xpert analyze` first")
-        choice = selection_choice(Selection.load(self.selection), self.weighting)
-        ffn = average_experts(open_expert_source(self.source, self.trust_remote_code), choice, progress=False)
+        selection = Selection.load(self.selection)
+        source = checked_source(self.source, selection.to_dict(), "selection", self.selection, self.trust_remote_code)
+        ffn = average_experts(source, selection_choice(selection, self.weighting), progress=False)
         ffn.description = {
             "source": self.source,
             "selection": self.selection,
@@ -262,9 +280,7 @@ class SingleExpertInit(FFNTransferInit):
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
         counts, _ = load_analysis(self.analysis)
-        selection = TopFrequencySelector(n=1).select(counts)
-        ffn = average_experts(
-            open_expert_source(self.source, self.trust_remote_code), selection_choice(selection), False
-        )
+        source = analysis_source(self.analysis, self.source, self.trust_remote_code)
+        ffn = average_experts(source, selection_choice(TopFrequencySelector(n=1).select(counts)), False)
         ffn.description = {"source": self.source, "analysis": self.analysis, **ffn.description}
         return ffn

@@ -19,7 +19,13 @@ from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
 from xpert_pl.bank.extract import expert_reader
 from xpert_pl.checkpoint import open_expert_source
 from xpert_pl.experts import MATRICES
-from xpert_pl.initializers.controls import SELECTION_FILE, average_experts, load_analysis, selection_choice
+from xpert_pl.initializers.controls import (
+    SELECTION_FILE,
+    analysis_source,
+    average_experts,
+    load_analysis,
+    selection_choice,
+)
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, NeuronSelection, SourceFFN
 
 ExpertChoice = Literal["average", "top"]
@@ -81,11 +87,12 @@ class WeightSelectionInit(FFNTransferInit):
         self.trust_remote_code = trust_remote_code
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
-        source = open_expert_source(self.source, self.trust_remote_code)
         if self.expert == "top":
             counts, _ = load_analysis(self.analysis)
+            source = analysis_source(self.analysis, self.source, self.trust_remote_code)
             choice = selection_choice(TopFrequencySelector(n=1).select(counts))
         else:
+            source = open_expert_source(self.source, self.trust_remote_code)
             choice = all_experts_choice(source)
         ffn = average_experts(source, choice, progress=False)
         ffn.description = {"source": self.source, "expert": self.expert, **ffn.description}
@@ -119,11 +126,13 @@ class LinearExpansionInit(FFNTransferInit):
         self.source, self.analysis, self.trust_remote_code = source, analysis, trust_remote_code
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
-        source = open_expert_source(self.source, self.trust_remote_code)
         if self.analysis is None:
+            source = open_expert_source(self.source, self.trust_remote_code)
             choice = all_experts_choice(source)
         else:
-            choice = selection_choice(Selection.load(Path(self.analysis) / SELECTION_FILE))
+            selection = Selection.load(Path(self.analysis) / SELECTION_FILE)
+            source = analysis_source(self.analysis, self.source, self.trust_remote_code)
+            choice = selection_choice(selection)
         per_layer = average_experts(source, choice, progress=False)
         fitted = {m: fit_linear_expansion([per_layer.layers[i][m] for i in per_layer.source_layers]) for m in MATRICES}
         positions = layer_positions(num_target_layers)

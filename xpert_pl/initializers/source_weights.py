@@ -19,6 +19,7 @@ from xpert_pl.bank.adapt import depth_map, select_hidden, spread_hidden, uniform
 from xpert_pl.checkpoint import CheckpointExperts, open_expert_source
 from xpert_pl.families import config_dict
 from xpert_pl.initializers.base import Initializer, InitReport
+from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -89,8 +90,10 @@ class WithSourceWeights(Initializer):
 
     @torch.no_grad()
     def initialize(self, model: PreTrainedModel) -> InitReport:
+        source = open_expert_source(self.source, self.trust_remote_code)
+        self._check_base_bank(source)  # before the base reads anything
         report = self.base.initialize(model)
-        tensors = SourceTensors(open_expert_source(self.source, self.trust_remote_code))
+        tensors = SourceTensors(source)
         params = dict(model.named_parameters())
         hidden = _hidden_rule(int(tensors.config["hidden_size"]), model.config.hidden_size)
         written, details = [], {"source": self.source}
@@ -103,6 +106,14 @@ class WithSourceWeights(Initializer):
             set_parameters=[*report.set_parameters, *written],
             details={**report.details, "source_weights": details},
         )
+
+    def _check_base_bank(self, source: Any) -> None:
+        """A base that reads a bank (XpertInit and its controls) must have a bank of this source, when the bank
+        records its source fingerprint (banks written before provenance was recorded cannot be checked)."""
+        load_bank = getattr(self.base, "load_bank", None)
+        record = recorded_source(load_bank().manifest) if callable(load_bank) else None
+        if record is not None:
+            check_same_source(record, "bank", self.base.bank, self.source, source_fingerprint(source))
 
     def _attention(self, model, tensors: SourceTensors, params, hidden, written: list[str]) -> dict[str, Any]:
         src_heads, tgt_heads = heads_of(tensors.config), heads_of(config_dict(model.config))

@@ -23,10 +23,12 @@ from transformers import PreTrainedModel
 
 from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
 from xpert_pl.bank.store import KnowledgeBank
+from xpert_pl.checkpoint import has_safetensors_weights
 from xpert_pl.initializers.base import InitReport
 from xpert_pl.initializers.transfer import PROJ, NeuronSelection, WiderFFN, student_mlps
 from xpert_pl.initializers.xpert import Collapse, XpertInit
 from xpert_pl.models import UNTRAINED_MARKER
+from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
 
 
 def random_orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
@@ -151,4 +153,7 @@ class UntrainedSourceInit(XpertInit):
                 f"{self.bank} was not built from an untrained copy (its source '{model}' has no {UNTRAINED_MARKER}); "
                 "run `xpert untrained-source`, then `xpert analyze` and `xpert extract` on the copy"
             )
+        record = recorded_source(bank.manifest)
+        if record is not None and has_safetensors_weights(model):  # and made from that very copy
+            check_same_source(record, "bank", self.bank, model, source_fingerprint(model))
         return bank
