@@ -202,61 +202,9 @@ def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank, tiny_untra
     }
 
 
-# ---- bad input: exit status 2, caught before expensive work, nothing changed -------------------------------------
-
-
-class ExpensiveWorkCalled(BaseException):
-    """Raised by a spied loader: a BaseException, so the CLI cannot turn it into a clean exit status 2."""
-
-
-# What "expensive work" means: tokenising, loading a model, counting routing, decomposing, building and training.
-EXPENSIVE = {
-    "tokenising": [
-        "xpert_pl.data.pretrain.PretrainDataModule._packed",
-        "xpert_pl.data.pretrain.PretrainDataModule._stream",
-    ],
-    "model loading": ["xpert_pl.commands.load_causal_lm", "transformers.AutoModelForCausalLM.from_pretrained"],
-    "counting": ["xpert_pl.analysis.counter.count_activations"],
-    "decomposing": ["xpert_pl.bank.tucker.TuckerConsolidator.decompose"],
-    "model building": ["xpert_pl.training.module.CausalLMModule.configure_model"],
-}
-
-
 @pytest.fixture
 def no_expensive_work(monkeypatch):
-    """Make every expensive step raise ExpensiveWorkCalled, so a test proves a refusal came before it."""
+    """Every expensive step (tokenising, model loading, counting, decomposing, training) fails the test if reached."""
+    from safety_checks import forbid_expensive_work
 
-    def spy(what: str):
-        def called(*args, **kwargs):
-            raise ExpensiveWorkCalled(what)
-
-        return called
-
-    for what, targets in EXPENSIVE.items():
-        for target in targets:
-            monkeypatch.setattr(target, spy(what))
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file and directory under `root` with a sha256 of each file's bytes (and its mode)."""
-    import hashlib
-
-    digest = {}
-    for path in sorted(Path(root).rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        digest[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return digest
-
-
-def refused(capsys, argv: list[str], *fragments: str) -> str:
-    """Run `xpert <argv>`; assert exit status 2, every fragment in one message and no traceback; return stderr."""
-    from xpert_pl.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2, err[-3000:]
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in:\n{err}"
-    return err
+    forbid_expensive_work(monkeypatch)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import refused, tree_digest
+from safety_checks import refused, tree_digest
 
 # Imported at collection (as Lightning then is): its log handler binds to pytest's capture, not to one test's capsys
 # stream, which is closed by the time a later test logs.
@@ -59,7 +59,7 @@ def _refused_unchanged(capsys, root: Path, argv: list[str], *fragments: str) -> 
         ("--model.learning_rate=-0.001", ("--model.learning_rate", "> 0")),
         ("--data.init_args.batch_size=0", ("--data.init_args.batch_size", ">= 1")),
         ("--data.init_args.block_size=1024", ("block size 1024", "max_position_embeddings 512")),
-        ('--model.model.init_args.overrides={"num_attention_heads": 3}', ("hidden_size 128", "num_attention_heads 3", "divisible")),
+        ('--model.model.init_args.overrides={"num_attention_heads": 3}', ("num_attention_heads 3", "divisible")),
         ("--data.init_args.batch_size=many", ("--data.init_args.batch_size", "expected an int", "'many'")),
     ],
     ids=["max_steps_0", "lr_0", "lr_negative", "batch_0", "block_over_positions", "heads", "type_error"],

@@ -77,6 +77,7 @@ class XpertCLI(LightningCLI):
         check_sources = getattr(self.datamodule, "check_sources", None)
         if check_sources is not None:
             check_sources()  # bad data files are named before anything is written or tokenised
+        self.model.preflight()  # banks, analyses, teachers: validated before anything is written or tokenised
         model = _meta_model(self.model)
         problems = self.run_folder.problems()
         problems += _shape_problems(model, self.datamodule)

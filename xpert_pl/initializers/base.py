@@ -25,6 +25,11 @@ class InitReport:
 class Initializer(abc.ABC):
     """Initialises a freshly built Hugging Face model in place."""
 
+    def preflight(self) -> None:
+        """Check the files this initializer will read (existence, manifests, provenance) and raise a user error
+        if one is unusable; cheap, and run before any data is tokenised. Default: nothing to check."""
+        return None
+
     @abc.abstractmethod
     def initialize(self, model: PreTrainedModel) -> InitReport:
         """Set the model's weights in place and report which parameters were set."""

@@ -26,6 +26,7 @@ from xpert_pl.bank.extract import expert_reader, extract_bank
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.bank.tucker import TuckerConsolidator
 from xpert_pl.checkpoint import open_expert_source
+from xpert_pl.errors import ConfigError
 from xpert_pl.experts import MATRICES
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, NeuronSelection, SourceFFN, WiderFFN
 from xpert_pl.initializers.xpert import Collapse, collapse_bank
@@ -115,6 +116,14 @@ class ReselectedBankInit(FFNTransferInit):
     @abc.abstractmethod
     def selector(self, n: int) -> ExpertSelector:
         """The selection strategy of this control, keeping n experts per layer."""
+
+    def preflight(self) -> None:
+        counts, xpert_selection = load_analysis(self.analysis)
+        analysis_source(self.analysis, self.source, self.trust_remote_code)
+        n = self.n or xpert_selection.n
+        if n > counts.num_experts:
+            problem = f"{type(self).__name__}: n={n} experts per layer, but the source has {counts.num_experts}"
+            raise ConfigError([problem])
 
     def build_bank(self) -> KnowledgeBank:
         """Select with `selector` (n: this control's, else XPERT's), read those experts, decompose them."""
@@ -237,6 +246,12 @@ class FullExpertsInit(FFNTransferInit):
         self.source, self.selection, self.weighting = source, selection, weighting
         self.trust_remote_code = trust_remote_code
 
+    def preflight(self) -> None:
+        if not Path(self.selection).is_file():
+            raise FileNotFoundError(f"selection '{self.selection}' not found; run `xpert analyze` first")
+        selection = Selection.load(self.selection).to_dict()
+        checked_source(self.source, selection, "selection", self.selection, self.trust_remote_code)
+
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
         if not Path(self.selection).is_file():
             raise FileNotFoundError(f"selection '{self.selection}' not found; run `xpert analyze` first")
@@ -277,6 +292,10 @@ class SingleExpertInit(FFNTransferInit):
         """
         super().__init__(FFNTransfer(rescale, depth_strategy, neuron_selection, wider_ffn))
         self.source, self.analysis, self.trust_remote_code = source, analysis, trust_remote_code
+
+    def preflight(self) -> None:
+        load_analysis(self.analysis)
+        analysis_source(self.analysis, self.source, self.trust_remote_code)
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
         counts, _ = load_analysis(self.analysis)

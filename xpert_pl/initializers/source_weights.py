@@ -88,6 +88,10 @@ class WithSourceWeights(Initializer):
         self.attention, self.embeddings = attention, embeddings
         self.depth_strategy, self.trust_remote_code = depth_strategy, trust_remote_code
 
+    def preflight(self) -> None:
+        self.base.preflight()
+        self._check_base_bank(open_expert_source(self.source, self.trust_remote_code))
+
     @torch.no_grad()
     def initialize(self, model: PreTrainedModel) -> InitReport:
         source = open_expert_source(self.source, self.trust_remote_code)

@@ -69,6 +69,9 @@ class XpertInit(FFNTransferInit):
         self.collapse = collapse
         self._bank: KnowledgeBank | None = None
 
+    def preflight(self) -> None:
+        self.load_bank()  # validated (checksum, shapes, expert ids, weights) and kept for initialize
+
     def load_bank(self) -> KnowledgeBank:
         """The bank, loaded (and validated) on first use."""
         if self._bank is None:

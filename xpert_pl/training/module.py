@@ -85,6 +85,16 @@ class CausalLMModule(L.LightningModule):
         self.flops = {"student": 0, "teacher": 0}
         self._flops_per_token = {"student": 0, "teacher": 0}
 
+    def preflight(self) -> None:
+        """Check what the initializer (or warm start) and the objective will read, before any data work."""
+        if self.hparams.init_checkpoint:
+            from xpert_pl.training.warm_start import check_warm_start
+
+            check_warm_start(self.hparams.init_checkpoint, self.hparams.vocab_size)
+        else:
+            self.initializer.preflight()
+        self.objective.preflight(self.hparams.vocab_size)
+
     def configure_model(self) -> None:
         """Build the HF model and apply the initializer (or warm start); idempotent."""
         if self.model is not None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xpert_pl.errors import raise_if_problems
+from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.training.flops import forward_flops_per_token
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,11 @@ class TrainingObjective(abc.ABC):
         """Load and place what the objective needs beside `student`; must be safe to call again."""
         config = getattr(student, "config", None)
         self.router_aux_loss_coef = float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
+
+    def preflight(self, vocab_size: int | None) -> None:
+        """Check what the objective will load (e.g. a teacher's config) against the run's vocabulary, before any
+        data work; raises a user error. Default: nothing to check."""
+        return None
 
     @abc.abstractmethod
     def loss(self, student_outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -173,6 +178,23 @@ class DistillationObjective(TrainingObjective):
     @property
     def teacher_flops_per_token(self) -> int:
         return self._teacher_flops_per_token
+
+    def preflight(self, vocab_size: int | None) -> None:
+        """The teacher's config.json must exist and share the student's vocabulary (read without its weights)."""
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(self.teacher, trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ConfigError([f"teacher '{self.teacher}': cannot read its config.json ({err})"]) from None
+        if vocab_size is not None and config.vocab_size != vocab_size:
+            raise ConfigError(
+                [
+                    f"teacher '{self.teacher}' has vocab_size {config.vocab_size} but the student's tokenizer has "
+                    f"{vocab_size}: distillation compares next-token distributions, so train the student with the "
+                    "teacher's tokenizer"
+                ]
+            )
 
     def setup(self, student: nn.Module, device: torch.device) -> None:
         """Load the teacher once (frozen, eval mode), check its vocabulary, and move it to `device`."""

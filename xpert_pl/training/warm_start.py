@@ -29,3 +29,25 @@ def load_warm_start(model: nn.Module, source: str) -> InitReport:
             f"{unexpected[:5]}; warm start needs the same architecture."
         )
     return InitReport("WarmStart", sorted(state), {"source": str(path)})
+
+
+def check_warm_start(source: str, vocab_size: int | None) -> None:
+    """Refuse a warm start whose file is missing, or whose model (HF dir) has another vocabulary than the run's
+    tokenizer, before any data work (a .ckpt is checked when it loads)."""
+    from xpert_pl.errors import ConfigError
+
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError([f"--model.init_checkpoint '{source}' does not exist (give an HF model dir or a .ckpt file)"])
+    config_file = path / "config.json"
+    if path.is_dir() and config_file.is_file() and vocab_size is not None:
+        import json
+
+        vocab = json.loads(config_file.read_text()).get("vocab_size")
+        if vocab is not None and vocab != vocab_size:
+            raise ConfigError(
+                [
+                    f"--model.init_checkpoint '{source}' has vocab_size {vocab} but the tokenizer has {vocab_size}; "
+                    "warm start with the tokenizer that model was trained with"
+                ]
+            )
