@@ -1,6 +1,8 @@
-"""The `xpert` command: `fit`/`validate`/`test` through LightningCLI; `analyze`, `extract`, `demo` as functions.
+"""The `xpert` command: `fit`/`validate`/`test` through LightningCLI; `tokenizer`, `analyze`, `extract`, `demo` as
+functions.
 
 Examples:
+    xpert tokenizer --out_dir runs/tokenizer --vocab_size 4096
     xpert fit --config configs/pretrain/tiny.yaml --config configs/methods/xpert.yaml
     xpert analyze --config configs/analyze/tiny.yaml
     xpert extract --config configs/extract/tiny.yaml
@@ -21,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from xpert_pl.cli_errors import report
 from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.training.module import CausalLMModule
+from xpert_pl.training.warm_start import check_vocabularies
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -52,6 +55,13 @@ class XpertCLI(LightningCLI):
             # Resuming unpickles the checkpoint: only tensors and plain data unless the user vouches for the file.
             config["weights_only"] = True
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        tokenizer = getattr(self.datamodule, "tokenizer", None)
+        if tokenizer is not None and isinstance(self.model, CausalLMModule):
+            # Fail fast: fit loads the weights only later, in configure_model.
+            check_vocabularies(self.model.model_builder, self.model.hparams.init_checkpoint, tokenizer)
+
 
 def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
     """Run (or, with run=False, only build: the subcommand is then dropped) the LightningCLI for `args`."""
@@ -74,12 +84,13 @@ def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
 
 
 def _function_commands() -> dict[str, Callable | dict[str, Callable]]:
-    from xpert_pl.commands import analyze, demo, extract
+    from xpert_pl.commands import analyze, demo, extract, train_tokenizer
     from xpert_pl.experiments.runner import bench_run
     from xpert_pl.models import make_untrained_copy
     from xpert_pl.report import write_report
 
     return {
+        "tokenizer": train_tokenizer,
         "analyze": analyze,
         "extract": extract,
         "demo": demo,

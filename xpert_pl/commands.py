@@ -1,4 +1,5 @@
-"""`xpert analyze` and `xpert extract`: the XPERT steps between training the source and the students."""
+"""`xpert analyze` and `xpert extract`: the XPERT steps between training the source and the students; `xpert demo`
+and `xpert tokenizer` are re-exported here."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from xpert_pl.errors import raise_if_problems
 from xpert_pl.experts import moe_layers
 from xpert_pl.models import load_causal_lm
 from xpert_pl.resume import FinishedUnits, partial_directory
+from xpert_pl.tokenizer import check_tokenizer_matches, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["analyze", "demo", "extract"]
+__all__ = ["analyze", "demo", "extract", "train_tokenizer"]
 
 
 def analyze(
@@ -58,17 +60,11 @@ def analyze(
     from xpert_pl.data.domain_sets import describe_domain_set
 
     _prepare_domains(data, domains, devices)  # before the (possibly large) model is loaded
+    check_tokenizer_matches(data.tokenizer, model, trust_remote_code=trust_remote_code)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(precision, device)
     source = load_causal_lm(model, trust_remote_code=trust_remote_code, dtype=dtype)
     layers = moe_layers(source)  # fails with the list of supported families before any data work
-    if data.vocab_size > source.config.vocab_size:
-        raise_if_problems(
-            [
-                f"tokenizer has {data.vocab_size} tokens but {model} has vocab_size "
-                f"{source.config.vocab_size}; analyse with the tokenizer the source was trained with"
-            ]
-        )
     fingerprint = model_fingerprint(source)
     settings = {"model_fingerprint": fingerprint, "max_tokens_per_domain": max_tokens_per_domain, "dtype": str(dtype)}
     settings |= {"data": {k: data.hparams[k] for k in ("tokenizer", "block_size", "max_val_blocks_per_domain")}}
