@@ -113,11 +113,14 @@ class TokenizerNotFoundError(FileNotFoundError):
 
 
 def _not_found(name: str, reason: str) -> TokenizerNotFoundError:
-    fixes = f"correct the path, or train a tokenizer on the corpus with `xpert tokenizer --out_dir {name}`"
+    fixes = (
+        f"if it is a local path, correct it, or train a tokenizer on the corpus there with "
+        f"`xpert tokenizer --out_dir {name}`"
+    )
     if is_hub_id(name):
         fixes += (
-            f", or download the Hub tokenizer while online (e.g. `huggingface-cli download {name}`) so that it is "
-            "in the Hugging Face cache ($HF_HOME) for offline runs"
+            f"; if it is a Hub id, download it while online (e.g. `hf download {name}`), which puts it in the "
+            "Hugging Face cache ($HF_HOME) that offline runs read"
         )
     return TokenizerNotFoundError(
         f"tokenizer '{name}' is neither a local tokenizer directory nor a cached or reachable Hugging Face Hub "
