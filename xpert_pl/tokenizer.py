@@ -268,7 +268,7 @@ def corpus_training_texts(
 
 
 def train_tokenizer(
-    out_dir: str,
+    out_dir: str | Path,
     data_root: str | None = None,
     vocab_size: int = 4096,
     max_chars_per_domain: int = 2_000_000,
