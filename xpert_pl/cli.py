@@ -84,10 +84,11 @@ def run_lightning_cli(args: list[str], run: bool = True) -> XpertCLI:
 
 
 def _function_commands() -> dict[str, Callable | dict[str, Callable]]:
-    from xpert_pl.commands import analyze, demo, extract, train_tokenizer
+    from xpert_pl.commands import analyze, demo, extract
     from xpert_pl.experiments.runner import bench_run
     from xpert_pl.models import make_untrained_copy
     from xpert_pl.report import write_report
+    from xpert_pl.tokenizer import train_tokenizer
 
     return {
         "tokenizer": train_tokenizer,

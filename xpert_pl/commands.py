@@ -1,5 +1,4 @@
-"""`xpert analyze` and `xpert extract`: the XPERT steps between training the source and the students; `xpert demo`
-and `xpert tokenizer` are re-exported here."""
+"""`xpert analyze` and `xpert extract`: the XPERT steps between training the source and the students."""
 
 from __future__ import annotations
 
@@ -20,11 +19,11 @@ from xpert_pl.errors import raise_if_problems
 from xpert_pl.experts import moe_layers
 from xpert_pl.models import load_causal_lm
 from xpert_pl.resume import FinishedUnits, partial_directory
-from xpert_pl.tokenizer import check_tokenizer_matches, train_tokenizer
+from xpert_pl.tokenizer import check_tokenizer_matches
 
 log = logging.getLogger(__name__)
 
-__all__ = ["analyze", "demo", "extract", "train_tokenizer"]
+__all__ = ["analyze", "demo", "extract"]
 
 
 def analyze(
