@@ -24,7 +24,7 @@ import transformers
 
 from xpert_pl.evaluation import STANDARD_TASKS, evaluate_lm
 from xpert_pl.models import DenseStudent, count_parameters
-from xpert_pl.tokenizer import ensure_tokenizer
+from xpert_pl.tokenizer import load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lm_eval_time.json"
 # Answer choices per document: a document is this many log-likelihood requests (MMLU's and BoolQ's share one
@@ -82,14 +82,14 @@ def main() -> None:
     parser.add_argument("--batch-size", default="auto", help='"auto" (lm-eval picks) or an int')
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--preset", default="llama-tiny-4l", help="DenseStudent preset, made 256 wide")
-    parser.add_argument("--tokenizer", default="runs/tokenizer", help="trained on the corpus when missing")
+    parser.add_argument("--tokenizer", default="runs/tokenizer", help="dir or Hub id; `xpert tokenizer` trains one")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = ensure_tokenizer(args.tokenizer, args.data_root)
+    tokenizer = load_tokenizer(args.tokenizer)
     torch.manual_seed(0)
     model = DenseStudent(args.preset, STUDENT).build(len(tokenizer))
     tasks = {}

@@ -148,6 +148,52 @@ def test_teacher_and_student_vocabularies_differ(tiny_data_root, tiny_tokenizer_
     _fails(capsys, argv, "vocab_size 400", "320", "teacher's tokenizer")
 
 
+def _other_tokenizer(path: Path) -> Path:
+    """A 300-token BPE trained on other text than the tiny corpus: another vocabulary."""
+    from xpert_pl.tokenizer import train_bpe_tokenizer
+
+    train_bpe_tokenizer(["the quick brown fox jumps over the lazy dog"] * 50, path, vocab_size=300)
+    return path
+
+
+def test_tokenizer_that_does_not_match_the_source(tiny_source_dir, tiny_data_root, tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the tokenizer was checked")
+
+    monkeypatch.setattr("xpert_pl.commands.load_causal_lm", never)
+    argv = ["analyze", f"--model={tiny_source_dir}", f"--data.tokenizer={_other_tokenizer(tmp_path / 'tok')}"]
+    argv += [
+        f"--data.data_root={tiny_data_root}",
+        f"--out_dir={tmp_path / 'analysis'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+    ]
+    _fails(capsys, argv, "vocabulary differs from the one", str(tiny_source_dir), f"--data.tokenizer={tiny_source_dir}")
+    assert not (tmp_path / "analysis").exists()
+
+
+def test_tokenizer_that_is_not_there(tiny_data_root, tmp_path, capsys):
+    argv = _fit(tiny_data_root, tmp_path / "no_such_tok", tmp_path)
+    _fails(capsys, argv, "no_such_tok", "neither a local tokenizer directory", "xpert tokenizer --out_dir")
+    assert not (tmp_path / "no_such_tok").exists()
+
+
+@pytest.mark.parametrize("how", ["init_checkpoint", "pretrained"])
+def test_warm_start_from_a_model_of_another_vocabulary(how, tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
+    from xpert_pl.models import DenseStudent
+
+    DenseStudent("llama-tiny").build(400).save_pretrained(tmp_path / "other")
+    if how == "init_checkpoint":
+        extra = [f"--model.init_checkpoint={tmp_path / 'other'}"]
+    else:
+        extra = [
+            "--model.model=xpert_pl.models.PretrainedCausalLM",
+            f"--model.model.init_args.path={tmp_path / 'other'}",
+        ]
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra)
+    _fails(capsys, argv, "tokenizer has 320 tokens", "vocab_size 400", "the tokenizer the model was trained with")
+    assert not (tmp_path / "run").exists()
+
+
 def test_nan_in_source_weights(tiny_source_dir, tiny_analysis_dir, tmp_path, capsys):
     def poison(tensors: dict[str, torch.Tensor]) -> None:
         for key in [k for k in tensors if "layers.0." in k and "experts" in k]:  # every expert of layer 0

@@ -40,6 +40,9 @@ def test_demo_writes_every_stage_and_the_report(demo_run):
         "loss_curves.png",
     ):
         assert (out / artifact).is_file(), artifact
+    # The tokenizer is trained as the first stage, with the settings the data modules once used implicitly.
+    settings = json.loads((out / "tokenizer" / "xpert_tokenizer.json").read_text())["settings"]
+    assert settings == {"vocab_size": 320, "max_chars_per_domain": 2_000_000}
     text = report.read_text()
     assert "| val loss (all) |" in text and "scratch" in text and "xpert" in text
     assert "![validation loss](loss_curves.png)" in text
@@ -77,5 +80,5 @@ def test_a_second_demo_run_reuses_every_stage(demo_run, caplog):
             tokenizer_vocab_size=320,
         )
     cached = [r.message for r in caplog.records if "cached" in r.message]
-    assert len(cached) == 5, cached
+    assert len(cached) == 6, cached  # tokenizer, source, analysis, bank, two students
     assert (out / "students" / "xpert" / "seed0" / "metrics.csv").stat().st_mtime_ns == before

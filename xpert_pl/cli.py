@@ -1,6 +1,8 @@
-"""The `xpert` command: `fit`/`validate`/`test` through LightningCLI; `analyze`, `extract`, `demo` as functions.
+"""The `xpert` command: `fit`/`validate`/`test` through LightningCLI; `tokenizer`, `analyze`, `extract`, `demo` as
+functions.
 
 Examples:
+    xpert tokenizer --out_dir runs/tokenizer --vocab_size 4096
     xpert fit --config configs/pretrain/tiny.yaml --config configs/methods/xpert.yaml
     xpert analyze --config configs/analyze/tiny.yaml
     xpert extract --config configs/extract/tiny.yaml
@@ -23,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from xpert_pl.cli_errors import config_files, duplicate_key_problems, report
 from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.training.module import CausalLMModule
+from xpert_pl.training.warm_start import check_vocabularies
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -63,6 +66,13 @@ class XpertCLI(LightningCLI):
             raise ConfigError(
                 [f"--ckpt_path '{path}' is corrupt or truncated ({reason}); resume from an earlier checkpoint"]
             ) from err
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        tokenizer = getattr(self.datamodule, "tokenizer", None)
+        if tokenizer is not None and isinstance(self.model, CausalLMModule):
+            # Fail fast: fit loads the weights only later, in configure_model.
+            check_vocabularies(self.model.model_builder, self.model.hparams.init_checkpoint, tokenizer)
 
     def before_fit(self) -> None:
         if not _is_launching_process():
@@ -201,8 +211,10 @@ def _function_commands() -> dict[str, Callable | dict[str, Callable]]:
     from xpert_pl.experiments.runner import bench_run
     from xpert_pl.models import make_untrained_copy
     from xpert_pl.report import write_report
+    from xpert_pl.tokenizer import train_tokenizer
 
     return {
+        "tokenizer": train_tokenizer,
         "analyze": analyze,
         "extract": extract,
         "demo": demo,

@@ -21,6 +21,7 @@ from xpert_pl.experts import moe_layers
 from xpert_pl.models import load_causal_lm
 from xpert_pl.provenance import open_checked_source, source_fingerprint, source_record
 from xpert_pl.resume import FinishedUnits, partial_directory
+from xpert_pl.tokenizer import check_tokenizer_matches
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,11 @@ def analyze(
     problems += _source_problems(model, selector, trust_remote_code)
     problems += _prepare_domains(data, domains, devices, selector)
     raise_if_problems(problems)
+    check_tokenizer_matches(data.tokenizer, model, trust_remote_code=trust_remote_code)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(precision, device)
     source = load_causal_lm(model, trust_remote_code=trust_remote_code, dtype=dtype)
     layers = moe_layers(source)
-    if data.vocab_size > source.config.vocab_size:
-        raise_if_problems(
-            [
-                f"tokenizer has {data.vocab_size} tokens but {model} has vocab_size "
-                f"{source.config.vocab_size}; analyse with the tokenizer the source was trained with"
-            ]
-        )
     fingerprint = source_fingerprint(source)
     settings = {"model_fingerprint": fingerprint, "max_tokens_per_domain": max_tokens_per_domain, "dtype": str(dtype)}
     settings |= {"data": {k: data.hparams[k] for k in ("tokenizer", "block_size", "max_val_blocks_per_domain")}}

@@ -38,10 +38,11 @@ def demo(
         source_steps: optimizer steps of the source MoE.
         student_steps: optimizer steps of each student.
         max_docs_per_domain: cap on documents per domain, to keep tokenisation short on a CPU.
-        tokenizer_vocab_size: size of the byte-level BPE vocabulary trained on the corpus.
+        tokenizer_vocab_size: size of the byte-level BPE vocabulary trained on the corpus (the first stage).
         config_dir: directory with `{source,pretrain,analyze,extract}/tiny.yaml` (default: the repo's configs/).
     """
     from xpert_pl.demo_report import write_demo_report
+    from xpert_pl.tokenizer import META_FILE, train_tokenizer
 
     start = time.perf_counter()
     out, configs = Path(out_dir), Path(config_dir) if config_dir else CONFIG_DIR
@@ -51,11 +52,15 @@ def demo(
         "tokenizer": out / "tokenizer",
         "cache_dir": out / "cache",
         "max_docs_per_domain": max_docs_per_domain,
-        "tokenizer_vocab_size": tokenizer_vocab_size,
     }
     data = {k: "null" if v is None else v for k, v in data.items()}
     fit_data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
     stages = CachedStages("demo")
+    stages.run(
+        "tokenizer",
+        data["tokenizer"] / META_FILE,
+        lambda: train_tokenizer(data["tokenizer"], str(data["data_root"]), vocab_size=tokenizer_vocab_size),
+    )
     stages.run(
         "source MoE",
         source_hf / "config.json",

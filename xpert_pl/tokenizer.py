@@ -1,16 +1,22 @@
-"""Byte-level BPE tokenizer: training on the corpus, atomic saving, and loading any Hugging Face tokenizer."""
+"""Tokenizers: loaded as named (a local directory or a Hub id), trained only when asked (`xpert tokenizer`), and
+checked against the model they are used with."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from xpert_pl.artifacts import atomic_directory, write_json
+from xpert_pl.artifacts import atomic_directory, read_json, write_json
+from xpert_pl.errors import ConfigError, raise_if_problems
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +25,11 @@ PAD_TOKEN = "<|pad|>"
 # Blocks are packed by the data module, so the tokenizer itself never truncates.
 _MODEL_MAX_LENGTH = 1 << 60
 META_FILE = "xpert_tokenizer.json"
+# `owner/name` as the Hub spells repo ids; a leading `.`, `/` or `~` always means a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# Files of which any one means a model directory ships its own tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_MIN_VOCAB = 258  # the 256 byte tokens and the two special tokens
 
 
 class _CharCounter:
@@ -55,6 +66,7 @@ def train_bpe_tokenizer(
     vocab_size: int = 8192,
     min_frequency: int = 2,
     domains: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer and save it (atomically) as a Hugging Face tokenizer directory.
 
@@ -64,10 +76,13 @@ def train_bpe_tokenizer(
         vocab_size: target vocabulary size, special tokens included.
         min_frequency: minimum pair frequency for a merge.
         domains: names of the corpus domains the texts came from, recorded in `xpert_tokenizer.json`.
+        settings: what `train_tokenizer` was asked for, recorded there too (so a rerun can tell whether it matches).
 
     Returns:
         The trained tokenizer.
     """
+    from transformers import PreTrainedTokenizerFast
+
     tok, trainer = _build_bpe(vocab_size, min_frequency)
     counter = _CharCounter(texts)
     tok.train_from_iterator(counter, trainer=trainer)
@@ -80,29 +95,149 @@ def train_bpe_tokenizer(
         clean_up_tokenization_spaces=False,
     )
     meta = {"vocab_size": len(hf_tok), "training_chars": counter.chars, "domains": list(domains or [])}
+    if settings is not None:
+        meta["settings"] = settings
     with atomic_directory(out_dir, "tokenizer") as tmp:
         hf_tok.save_pretrained(str(tmp))
         write_json(tmp / META_FILE, meta)
     return hf_tok
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a Hugging Face tokenizer directory; a tokenizer without a pad token gets pad = eos.
+def is_hub_id(name: str) -> bool:
+    """Whether `name` has the shape of a Hugging Face Hub repo id (`owner/name`, no leading `.`, `/` or `~`)."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
+class TokenizerNotFoundError(FileNotFoundError):
+    """A tokenizer name is neither a local tokenizer directory nor a cached or reachable Hub tokenizer."""
+
+
+def _not_found(name: str, reason: str) -> TokenizerNotFoundError:
+    fixes = (
+        f"if it is a local path, correct it, or train a tokenizer on the corpus there with "
+        f"`xpert tokenizer --out_dir {name}`"
+    )
+    if is_hub_id(name):
+        fixes += (
+            f"; if it is a Hub id, download it while online (e.g. `hf download {name}`), which puts it in the "
+            "Hugging Face cache ($HF_HOME) that offline runs read"
+        )
+    return TokenizerNotFoundError(
+        f"tokenizer '{name}' is neither a local tokenizer directory nor a cached or reachable Hugging Face Hub "
+        f"tokenizer ({reason}). Fix: {fixes}. Nothing was written at '{name}'."
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer as named: a local directory, else a Hub id (`owner/name`; from the HF cache when offline).
+
+    A tokenizer without a pad token gets pad = eos. Nothing is ever trained or written at `name_or_path`.
 
     Raises:
-        FileNotFoundError: `path` does not exist.
+        TokenizerNotFoundError: neither a local tokenizer directory nor a cached or reachable Hub tokenizer.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"tokenizer not found at '{path}'. Train one with xpert_pl.tokenizer.ensure_tokenizer('{path}') "
-            "(the pre-training data module does this automatically) or point `tokenizer` at a Hugging Face "
-            "tokenizer directory."
-        )
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise _not_found(name, "it is a file, not a directory")
+    if not path.exists() and not is_hub_id(name):
+        raise _not_found(name, "no such directory, and not a Hub id of the form `owner/name`")
+    try:
+        # A Hub id is read from the local cache first, and downloaded only when it is not there.
+        tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else name, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        if path.exists():
+            raise _not_found(name, f"the directory holds no loadable tokenizer: {_first_line(err)}") from err
+        raise _not_found(name, f"not cached, and not downloadable from the Hub: {_first_line(err)}") from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def check_tokenizer_matches(
+    tokenizer: PreTrainedTokenizerBase, model: str | Path, exact: bool = False, trust_remote_code: bool = False
+) -> None:
+    """Refuse a tokenizer that does not fit `model`, reading only its config and tokenizer files (before loading it).
+
+    When the model ships its own tokenizer, the two vocabularies (token -> id) must be equal. The tokenizer may not
+    have more tokens than the model's `vocab_size`; fewer (a padded embedding: OLMoE has 50,280 tokens and
+    vocab_size 50,304) is logged as a warning, or refused with `exact` (weights copied into a model built for the
+    tokenizer).
+
+    Args:
+        tokenizer: the tokenizer the run uses.
+        model: a local Hugging Face model directory or a Hub id.
+        exact: require len(tokenizer) == vocab_size.
+        trust_remote_code: allow the model's own config code to run.
+
+    Raises:
+        ConfigError: the vocabularies differ, or the model's config cannot be read.
+    """
+    vocab_size, own = _model_vocab_size(model, trust_remote_code), _shipped_tokenizer(model)
+    size, problems = len(tokenizer), []
+    if own is not None and own.get_vocab() != tokenizer.get_vocab():
+        problems.append(
+            f"the tokenizer's vocabulary differs from the one {model} ships ({size} vs {len(own)} tokens; "
+            f"{_vocab_difference(tokenizer.get_vocab(), own.get_vocab())}): use the model's own tokenizer "
+            f"(e.g. --data.tokenizer={model})"
+        )
+    if size > vocab_size or (exact and size != vocab_size):
+        problems.append(
+            f"tokenizer has {size} tokens but {model} has vocab_size {vocab_size}; use the tokenizer the model was "
+            "trained with"
+        )
+    raise_if_problems(problems)
+    if size < vocab_size and own is None:
+        log.warning(
+            "tokenizer has %d tokens, fewer than the vocab_size %d of %s (a padded embedding?)", size, vocab_size, model
+        )
+
+
+def _model_vocab_size(model: str | Path, trust_remote_code: bool) -> int:
+    """`vocab_size` of a model's config (of its text model for a composite config), read without the weights."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            [
+                f"cannot read the config of model '{model}' (give a local model directory, or a Hub id that is "
+                f"cached or reachable): {_first_line(err)}"
+            ]
+        ) from err
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.vocab_size)
+
+
+def _shipped_tokenizer(model: str | Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer a model directory (or Hub repo) ships, if any."""
+    from transformers import AutoTokenizer
+
+    path = Path(model)
+    if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(model), trust_remote_code=False)
+    except (OSError, ValueError):
+        return None
+
+
+def _vocab_difference(given: dict[str, int], own: dict[str, int]) -> str:
+    """One example of the difference, e.g. "'ab' is id 7 here, 9 there"."""
+    for token, index in given.items():
+        if own.get(token) != index:
+            there = "absent there" if token not in own else f"{own[token]} there"
+            return f"{token!r} is id {index} here, {there}"
+    token = next(t for t in own if t not in given)
+    return f"{token!r} (id {own[token]} there) is absent here"
 
 
 def corpus_training_texts(
@@ -132,18 +267,78 @@ def corpus_training_texts(
     return generate(), [s.name for s in specs]
 
 
-def ensure_tokenizer(
-    path: str | Path,
+def train_tokenizer(
+    out_dir: str | Path,
     data_root: str | None = None,
-    vocab_size: int = 8192,
+    vocab_size: int = 4096,
     max_chars_per_domain: int = 2_000_000,
-) -> PreTrainedTokenizerFast:
-    """Load the tokenizer at `path`, training it first on the corpus (train split only) when it does not exist."""
-    if Path(path).exists():
-        return load_tokenizer(path)
-    log.info("training a byte-level BPE tokenizer (vocab %d) at %s on the corpus train split", vocab_size, path)
-    start = time.perf_counter()
+    overwrite: bool = False,
+) -> Path:
+    """Train a byte-level BPE tokenizer on the corpus train split and save it to `out_dir` (`xpert tokenizer`).
+
+    An `out_dir` holding a tokenizer this step wrote with the same settings is reused as it is.
+
+    Args:
+        out_dir: directory of the tokenizer, written atomically; an existing folder the kit did not write (no
+            `xpert_tokenizer.json`) is never replaced.
+        data_root: data root (default: $XPERT_DATA_ROOT, else ../shared/data); every domain under corpus/ is used.
+        vocab_size: vocabulary size, the 256 byte tokens and 2 special tokens included.
+        max_chars_per_domain: characters read from each domain's train split.
+        overwrite: replace a kit tokenizer at `out_dir` trained with other settings.
+
+    Returns:
+        `out_dir`.
+    """
+    out = Path(out_dir)
+    raise_if_problems(_training_problems(vocab_size, max_chars_per_domain))
+    settings = {"vocab_size": vocab_size, "max_chars_per_domain": max_chars_per_domain}
     texts, domains = corpus_training_texts(data_root, max_chars_per_domain)
-    tok = train_bpe_tokenizer(texts, path, vocab_size=vocab_size, domains=domains)
-    log.info("tokenizer trained in %.1fs: %d tokens, saved to %s", time.perf_counter() - start, len(tok), path)
-    return load_tokenizer(path)
+    if _reusable(out, {**settings, "domains": domains}, overwrite):
+        log.info("tokenizer at %s was trained with these settings: reused", out)
+        return out
+    log.info("training a byte-level BPE tokenizer (vocab %d) at %s on the corpus train split", vocab_size, out)
+    start = time.perf_counter()
+    tok = train_bpe_tokenizer(texts, out, vocab_size=vocab_size, domains=domains, settings=settings)
+    log.info("tokenizer trained in %.1fs: %d tokens, saved to %s", time.perf_counter() - start, len(tok), out)
+    return out
+
+
+def _training_problems(vocab_size: int, max_chars_per_domain: int) -> list[str]:
+    problems = []
+    if vocab_size < _MIN_VOCAB:
+        problems.append(f"vocab_size must be >= {_MIN_VOCAB} (256 byte tokens + 2 special tokens), got {vocab_size}")
+    if max_chars_per_domain < 1:
+        problems.append(f"max_chars_per_domain must be >= 1, got {max_chars_per_domain}")
+    return problems
+
+
+def _reusable(out: Path, wanted: dict[str, Any], overwrite: bool) -> bool:
+    """Whether `out` already holds the tokenizer `wanted` describes; refuses what must not be replaced."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if not (out / META_FILE).is_file():
+        raise ConfigError(
+            [
+                f"'{out}' exists but is not a tokenizer written by `xpert tokenizer` (no {META_FILE}); it is never "
+                "replaced: choose another --out_dir (to use an existing tokenizer, name it instead of training one)"
+            ]
+        )
+    meta = read_json(out / META_FILE)
+    # Tokenizers written before settings were recorded are compared on what they recorded.
+    recorded = {**meta.get("settings", {"vocab_size": meta.get("vocab_size")}), "domains": meta.get("domains")}
+    differ = {k: (v, wanted.get(k)) for k, v in recorded.items() if v != wanted.get(k)}
+    if not differ:
+        return True
+    if overwrite:
+        log.info("replacing the tokenizer at %s (%s)", out, _describe_difference(differ))
+        return False
+    raise ConfigError(
+        [
+            f"'{out}' holds a tokenizer trained with other settings ({_describe_difference(differ)}); pass "
+            "--overwrite true to replace it, or choose another --out_dir"
+        ]
+    )
+
+
+def _describe_difference(differ: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k} {old!r} there, {new!r} asked" for k, (old, new) in differ.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,38 @@ def test_every_problem_is_reported_together(tmp_path):
         "sweep_methods: 'scratch'",
     ):
         assert fragment in text, fragment
+
+
+def _minimal(tmp_path: Path, extra: str) -> Path:
+    for name in ("m.yaml", "scratch.yaml"):
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "matrix.yaml").write_text(
+        "budgets: {b: 10}\nseeds: [0]\nmethods: {scratch: scratch.yaml}\nsource: {config: m.yaml, steps: 5}\n"
+        "analyze: m.yaml\nextract: m.yaml\nscales: {s: {config: m.yaml}}\n" + extra
+    )
+    return tmp_path / "matrix.yaml"
+
+
+def test_the_tokenizer_block_holds_the_training_settings(tmp_path):
+    assert load_matrix(_minimal(tmp_path, ""), root=tmp_path).tokenizer == {}
+    matrix = load_matrix(
+        _minimal(tmp_path, "tokenizer: {vocab_size: 512, max_chars_per_domain: 1000}\n"), root=tmp_path
+    )
+    assert matrix.tokenizer == {"vocab_size": 512, "max_chars_per_domain": 1000} and "tokenizer" not in matrix.data
+    named = load_matrix(_minimal(tmp_path, "data: {tokenizer: some/tokenizer}\n"), root=tmp_path)
+    assert named.tokenizer == {} and named.data["tokenizer"] == "some/tokenizer"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ("data: {tokenizer_vocab_size: 4096}\n", "write `tokenizer: {vocab_size: N}`"),
+        ("tokenizer: {vocab_size: 0}\n", "tokenizer.vocab_size: a positive integer"),
+        ("tokenizer: {size: 10}\n", "tokenizer.size: unknown key"),
+        ("tokenizer: {vocab_size: 512}\ndata: {tokenizer: runs/tok}\n", "give either the block"),
+        ("tokenizer: 4096\n", "tokenizer: expected a mapping"),
+    ],
+)
+def test_bad_tokenizer_settings_are_refused(tmp_path, extra, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_matrix(_minimal(tmp_path, extra), root=tmp_path)

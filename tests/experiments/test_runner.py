@@ -130,3 +130,20 @@ def test_forked_xpert_commands_log_their_output_and_return_the_exit_status(tmp_p
     assert run_forked([*XPERT, "--help"], log_file) == 0
     assert "commands:" in log_file.read_text() and "not found" in log_file.read_text()
     assert run_forked([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "other.log") == 3  # not xpert
+
+
+def test_the_tokenizer_is_trained_as_the_first_shared_stage(tmp_path, tiny_data_root, tiny_source_dir, monkeypatch):
+    spec = yaml.safe_load(write_matrix(tmp_path, tiny_data_root, tmp_path, tiny_source_dir, ["scratch"]).read_text())
+    del spec["data"]["tokenizer"]
+    spec["tokenizer"] = {"vocab_size": 300, "max_chars_per_domain": 5000}
+    (tmp_path / "matrix.yaml").write_text(yaml.safe_dump(spec))
+    runner = MatrixRunner(load_matrix(tmp_path / "matrix.yaml", root=REPO), launch=FakeLauncher())
+    monkeypatch.setattr(MatrixRunner, "_analysis_and_bank", lambda *args: None)
+    assert "tokenizer" in runner.run_shared()
+    tokenizer = runner.shared / "tokenizer"
+    assert runner.data_settings()["tokenizer"] == tokenizer
+    meta = json.loads((tokenizer / "xpert_tokenizer.json").read_text())
+    assert meta["settings"] == {"vocab_size": 300, "max_chars_per_domain": 5000}
+    assert meta["domains"] == ["code", "law", "news"]
+    assert "tokenizer_vocab_size" not in " ".join(runner.pretrain_command(runner.matrix.cells()[0]))
+    assert runner.run_shared()["tokenizer"] == 0.0  # cached

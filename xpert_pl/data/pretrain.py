@@ -20,7 +20,7 @@ from torchdata.stateful_dataloader.sampler import RandomSampler
 
 from xpert_pl.artifacts import read_json, write_json
 from xpert_pl.data.corpus import DomainSpec, Split, default_domains, load_domain_texts, resolve_files
-from xpert_pl.tokenizer import ensure_tokenizer
+from xpert_pl.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,12 @@ class PretrainDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str = "runs/cache",
         streaming: bool = False,
-        tokenizer_vocab_size: int = 8192,
     ) -> None:
-        """Build the data module; the tokenizer is loaded (or trained on the corpus) right away.
+        """Build the data module; the tokenizer is loaded right away.
 
         Args:
-            tokenizer: Hugging Face tokenizer directory; trained on the corpus train split when it does not exist.
+            tokenizer: a local Hugging Face tokenizer directory or a Hub id (`owner/name`); never trained here:
+                `xpert tokenizer --out_dir <dir>` trains one on the corpus.
             domains: domains of the mixture; default: every directory of `<data_root>/corpus`, weight 1.
             data_root: data root (default: $XPERT_DATA_ROOT, else ../shared/data).
             block_size: tokens per training sequence (documents are joined with EOS and packed).
@@ -95,7 +95,6 @@ class PretrainDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             cache_dir: directory of the tokenised/packed Arrow caches.
             streaming: read lazily through `datasets.IterableDataset` (data larger than disk, Hub ids); no cache.
-            tokenizer_vocab_size: vocabulary size when the tokenizer has to be trained.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["domains"])
@@ -108,7 +107,7 @@ class PretrainDataModule(L.LightningDataModule):
         if any(d.weight < 0 for d in self.domains) or sum(d.weight for d in self.domains) <= 0:
             raise ValueError(f"domain weights must be >= 0 with a positive sum, got {[d.weight for d in self.domains]}")
         self.hparams["domains"] = [dataclasses.asdict(d) for d in self.domains]
-        self.tokenizer = ensure_tokenizer(tokenizer, data_root, tokenizer_vocab_size)
+        self.tokenizer = load_tokenizer(tokenizer)
         self._tokenizer_hash: str | None = None
         self._sources_checked = False
         self._train: datasets.Dataset | datasets.IterableDataset | None = None

@@ -30,7 +30,7 @@ from xpert_pl.data.sft_encoding import (
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.paths import DATA_ROOT_ENV, DataRootError
 from xpert_pl.paths import data_root as resolve_data_root
-from xpert_pl.tokenizer import ensure_tokenizer
+from xpert_pl.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,12 @@ class SFTDataModule(L.LightningDataModule):
         max_eval_examples: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
-        tokenizer_vocab_size: int = 8192,
     ) -> None:
         """Build the data module; the tokenizer is loaded right away, the data at `setup`.
 
         Args:
             source: the examples (default `DollyInstructions()`); e.g. `xpert_pl.data.SuperNIInstructions`.
-            tokenizer: Hugging Face tokenizer directory (the pre-trained student's); trained on the corpus if absent.
+            tokenizer: the pre-trained student's tokenizer: a local directory or a Hub id (`owner/name`).
             data_root: data root (default: $XPERT_DATA_ROOT, else ../shared/data).
             max_length: most tokens of prompt + response (MiniLLM: 512).
             max_prompt_length: most prompt tokens (MiniLLM: 256); None: only `max_length` limits prompts.
@@ -191,14 +190,13 @@ class SFTDataModule(L.LightningDataModule):
             max_eval_examples: use only the first N examples of each validation and test set.
             seed: seed of packing, bucketing and the order of batches.
             num_workers: DataLoader worker processes.
-            tokenizer_vocab_size: vocabulary size when the tokenizer has to be trained.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
         raise_if_problems(_settings_problems(max_length, max_prompt_length, long_prompt, batch_size, bucket_window))
         self.source = source if source is not None else _default_source()
         self.hparams["source"] = self.source.describe()
-        self.tokenizer = ensure_tokenizer(tokenizer, data_root, tokenizer_vocab_size)
+        self.tokenizer = load_tokenizer(tokenizer)
         self._splits: InstructionSplits | None = None
         self._encoded: dict[str, Rows] = {}
         self._stats: dict[str, dict[str, int]] = {}

@@ -3,7 +3,10 @@
 A matrix is a YAML file (see `configs/bench/`):
 
     out_dir: runs/bench-small
-    data: {max_docs_per_domain: 300, tokenizer_vocab_size: 4096}   # data-module settings shared by every run
+    tokenizer: {vocab_size: 4096}          # the BPE tokenizer trained on the corpus as the first shared stage
+                                           # (`xpert tokenizer` settings; omit it, or name one in data.tokenizer)
+    data: {max_docs_per_domain: 300}       # data-module settings shared by every run (`tokenizer: <dir or Hub id>`
+                                           # uses that tokenizer instead of training one)
     source: {config: configs/source/tiny.yaml, steps: 800}         # the source MoE trained here (or `hf: <dir>`)
     analyze: configs/analyze/tiny.yaml
     extract: configs/extract/tiny.yaml
@@ -87,6 +90,7 @@ class ExperimentMatrix:
     methods: dict[str, Path]
     sweep_methods: list[str]
     data: dict[str, Any] = field(default_factory=dict)
+    tokenizer: dict[str, int] = field(default_factory=dict)
     sft: FollowUp | None = None
     source_hf: Path | None = None
 
@@ -204,7 +208,7 @@ def _distinct_ints(values: Any) -> bool:
 
 def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMatrix:
     known = {"out_dir", "data", "source", "analyze", "extract", "scales", "budgets", "seeds", "methods", "sft"}
-    known |= {"sweep_methods"}
+    known |= {"sweep_methods", "tokenizer"}
     problems += [f"unknown key '{k}'; known keys: {', '.join(sorted(known))}" for k in raw if k not in known]
     source_spec = raw.get("source", {})
     source_hf = source_spec.get("hf") if isinstance(source_spec, dict) else None
@@ -236,7 +240,7 @@ def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMa
     if not isinstance(out_dir, str) or not out_dir:
         problems.append(f"out_dir: a directory path, got {out_dir!r}")
         out_dir = "runs/bench"
-    sft = raw.get("sft")
+    sft, data = raw.get("sft"), _mapping(raw, "data", problems)
     return ExperimentMatrix(
         out_dir=base / out_dir,
         source=source,
@@ -247,10 +251,33 @@ def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMa
         seeds=list(seeds),
         methods=methods,
         sweep_methods=sweep,
-        data=_mapping(raw, "data", problems),
+        data=data,
+        tokenizer=_tokenizer(raw, data, problems),
         sft=_follow_up(sft, base, methods, scales, problems) if sft else None,
         source_hf=Path(source_hf) if source_hf else None,
     )
+
+
+def _tokenizer(raw: dict[str, Any], data: dict[str, Any], problems: list[str]) -> dict[str, int]:
+    """The `tokenizer` block: `train_tokenizer` settings of the shared tokenizer ({}: its defaults)."""
+    if "tokenizer_vocab_size" in data:
+        problems.append(
+            "data.tokenizer_vocab_size: moved out of the data settings; write `tokenizer: {vocab_size: N}` (the "
+            "tokenizer is trained once, as the first shared stage)"
+        )
+    settings = _mapping(raw, "tokenizer", problems)
+    if settings and "tokenizer" in data:
+        problems.append("tokenizer: give either the block (a tokenizer is trained) or data.tokenizer (one is named)")
+    known = ("vocab_size", "max_chars_per_domain")
+    problems += [f"tokenizer.{k}: unknown key; known keys: {', '.join(known)}" for k in settings if k not in known]
+    problems += [
+        f"tokenizer.{k}: a positive integer, got {v!r}" for k, v in settings.items() if k in known and not _positive(v)
+    ]
+    return {k: v for k, v in settings.items() if k in known and _positive(v)}
+
+
+def _positive(value: Any) -> bool:
+    return _is_int(value) and value > 0
 
 
 def _methods(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str, Path]:

@@ -2,7 +2,8 @@
 
 Layout of `out_dir` (read by `xpert report`):
     matrix.yaml                          the matrix as given
-    shared/{tokenizer,cache,source,analysis,bank}/   the source pipeline, run once (cached stages)
+    shared/{tokenizer,cache,source,analysis,bank}/   the source pipeline, run once (cached stages); no tokenizer/
+                                          when the matrix's `data.tokenizer` names one
     cells/<scale>/<budget>/<method>/seed<k>/         one pre-training run each: cell.json (status, wall time,
                                           token budget), metrics.csv, config.yaml, init_report.json, hf/, checkpoints/;
                                           sft/ with the follow-up fine-tuning when the matrix asks for it
@@ -37,6 +38,7 @@ from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
 from xpert_pl.models import make_untrained_copy
 from xpert_pl.paths import data_root as resolve_data_root
+from xpert_pl.tokenizer import META_FILE, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +147,17 @@ class MatrixRunner:
         )
 
     def run_shared(self) -> dict[str, float]:
-        """Source MoE (unless given), expert analysis and knowledge bank, each skipped once done; the same
-        procedure on an untrained copy of the source when a method needs it (UntrainedSourceInit)."""
+        """Tokenizer (unless `data.tokenizer` names one), source MoE (unless given), expert analysis and knowledge
+        bank, each skipped once done; the same procedure on an untrained copy of the source when a method needs it
+        (UntrainedSourceInit)."""
         stages, data, art = CachedStages("bench"), self.data_settings(), self.artifacts()
+        if "tokenizer" not in self.matrix.data:
+            tok = self.shared / "tokenizer"
+            stages.run(
+                "tokenizer",
+                tok / META_FILE,
+                lambda: train_tokenizer(tok, str(data["data_root"]), **self.matrix.tokenizer),
+            )
         if self.matrix.source_hf is None:
             steps = self.matrix.source.steps
             extra = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={validation_interval(steps)}"]
