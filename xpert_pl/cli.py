@@ -94,6 +94,7 @@ class XpertCLI(LightningCLI):
         problems += checkpoint_problems(ckpt_path, _checkpoint_dir(self.trainer, run_dir), model, weights_only)
         raise_if_problems(problems)
         self.run_folder.acquire()
+        self.trainer.callbacks.append(self.run_folder)  # lets the lock go if the run fails
 
     def after_fit(self) -> None:
         folder = getattr(self, "run_folder", None)

@@ -149,6 +149,10 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
         raise _not_found(name, "it is a file, not a directory")
     if not path.exists() and not is_hub_id(name):
         raise _not_found(name, "no such directory, and not a Hub id of the form `owner/name`")
+    if not path.exists() and path.parent.is_dir():
+        # `runs/tokenizer` with a local `runs/` folder is a missing local directory, not a Hub repository: say so at
+        # once instead of asking the Hub (which, offline, retries for half a minute).
+        raise _not_found(name, f"no such directory in the local folder '{path.parent}'")
     try:
         # A Hub id is read from the local cache first, and downloaded only when it is not there.
         tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else name, trust_remote_code=False)

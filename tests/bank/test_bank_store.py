@@ -45,7 +45,7 @@ def test_extract_rejects_a_bad_selection(olmoe, selection):
 
 def test_save_load_round_trip(small_bank, tmp_path):
     out = small_bank.save(tmp_path / "bank")
-    assert sorted(p.name for p in out.iterdir()) == ["bank.safetensors", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["bank.safetensors", "manifest.json", "xpert_artifact.json"]
     loaded = KnowledgeBank.load(out)
     original, restored = small_bank.tensors(), loaded.tensors()
     assert original.keys() == restored.keys()

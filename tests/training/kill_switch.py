@@ -1,4 +1,4 @@
-"""A callback that SIGKILLs its own process after a given optimizer step (for the kill-and-resume test)."""
+"""Callbacks that kill, interrupt or fail their own run after a given optimizer step (resume and safety tests)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,29 @@ class KillAtStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InterruptAtStep(L.Callback):
+    """Interrupt the run once `step` optimizer steps are done: Ctrl-C (`keyboard`) or a SIGTERM to itself."""
+
+    def __init__(self, step: int, how: str = "keyboard"):
+        self.step = step
+        self.how = how
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.global_step < self.step:
+            return
+        if self.how == "keyboard":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class FailAtStep(L.Callback):
+    """Raise an error (a bug, not an interrupt) once `step` optimizer steps are done."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError("injected failure")

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
+
+import lightning as L
 
 from xpert_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".xpert-fit.lock"
+REPLACED_PREFIX = ".replaced-"
 # What `xpert fit` writes into its run folder: the marks of a run.
 RUN_ENTRIES = (
     "metrics.csv",
@@ -32,9 +36,13 @@ def run_entries(run_dir: Path) -> list[str]:
     return [name for name in RUN_ENTRIES if (run_dir / name).exists()]
 
 
-class RunFolder:
+class RunFolder(L.Callback):
     """The run folder of one `xpert fit`: guarded, locked while the run writes, and (with overwrite) the older
-    run's files moved aside until the new run is complete, so a failed new run loses nothing."""
+    run's files moved aside until the new run is complete, so a failed new run loses nothing.
+
+    As a callback of the run's trainer it lets the lock go when the run fails (a process that goes on, e.g. a
+    notebook, must be able to fit into the folder again).
+    """
 
     def __init__(self, run_dir: str | Path, resume: bool, overwrite: bool):
         self.run_dir = Path(run_dir)
@@ -76,16 +84,21 @@ class RunFolder:
             self._set_aside()
 
     def _set_aside(self) -> None:
-        self._replaced = self.run_dir / f".replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        self._replaced.mkdir()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self._replaced = Path(tempfile.mkdtemp(prefix=f"{REPLACED_PREFIX}{stamp}-", dir=self.run_dir))
         for name in run_entries(self.run_dir):
             (self.run_dir / name).rename(self._replaced / name)
         log.info("--overwrite: the earlier run is kept in %s until this one completes", self._replaced)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.release(completed=False)
+
     def release(self, completed: bool) -> None:
-        """Drop the lock; once the new run completed, remove the run it replaced."""
-        if completed and self._replaced is not None:
-            shutil.rmtree(self._replaced, ignore_errors=True)
+        """Drop the lock; once the new run completed, remove the runs it replaced (earlier failed attempts'
+        set-asides too: the user asked for them to be replaced, and now they are)."""
+        if completed and self.overwrite:
+            for replaced in self.run_dir.glob(f"{REPLACED_PREFIX}*"):
+                shutil.rmtree(replaced, ignore_errors=True)
         elif self._replaced is not None:
             log.warning("the run this one was to replace is kept in %s", self._replaced)
         if self._lock is not None:
