@@ -247,3 +247,19 @@ def test_bench_cell_typo_before_shared_stages(workdir, capsys, monkeypatch):
     before = tree_digest(workdir)
     refused(capsys, ["bench", "run", str(workdir / "matrix.yaml")], "xpert", "rescael")
     assert tree_digest(workdir) == before
+
+
+def test_bench_into_a_foreign_folder(workdir, capsys, monkeypatch):
+    from xpert_pl.experiments.runner import MatrixRunner
+
+    def shared_stage(self):
+        raise AssertionError("the shared stages started in a folder the kit did not make")
+
+    monkeypatch.setattr(MatrixRunner, "run_shared", shared_stage)
+    run = _run_folder(workdir / "run")
+    text = (CONFIGS / "bench" / "quick.yaml").read_text().replace("out_dir: runs/bench-quick", f"out_dir: {run}")
+    (workdir / "matrix.yaml").write_text(text)
+    monkeypatch.chdir(CONFIGS.parent)
+    before = tree_digest(workdir)
+    refused(capsys, ["bench", "run", str(workdir / "matrix.yaml")], "out_dir", "not a bench the kit wrote")
+    assert tree_digest(workdir) == before

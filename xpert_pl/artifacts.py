@@ -34,6 +34,7 @@ _LEGACY_MARKERS = {
     "tokenizer": ("xpert_tokenizer.json",),
     "untrained-source": ("untrained.json", "config.json"),
     "report": ("report.json", "report.md"),
+    "bench": ("matrix.yaml",),
 }
 
 

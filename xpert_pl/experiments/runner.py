@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from xpert_pl.artifacts import read_json, write_json
+from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
@@ -277,8 +277,11 @@ class MatrixRunner:
 
     def run(self, matrix_file: Path | None = None) -> dict[str, int]:
         """The shared stages, then every cell; returns how many cells ended in each status."""
-        raise_if_problems(self.config_problems())
+        # A runs folder accumulates (reruns resume it): it must be one the kit made for a matrix, or new.
+        problem = replace_problem(self.matrix.out_dir, "bench", "the matrix's out_dir")
+        raise_if_problems([problem, *self.config_problems()] if problem else self.config_problems())
         self.matrix.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.matrix.out_dir / ARTIFACT_FILE, {"kind": "bench", "version": 1})
         if matrix_file is not None:
             shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.yaml")
         self.run_shared()
