@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRETRAIN = CONFIGS / "pretrain" / "tiny.yaml"
+
 
 class ExpensiveWorkCalled(BaseException):
     """Raised by a spied loader: a BaseException, so the CLI cannot turn it into a clean exit status 2."""
@@ -60,3 +63,20 @@ def refused(capsys, argv: list[str], *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
     return err
+
+
+def tiny_fit_args(config: Path, run_dir: Path, data_root: Path, tokenizer: Path, *extra: str) -> list[str]:
+    """`xpert fit` arguments of a tiny student on the tiny corpus (blocks of 32, batches of 4) writing `run_dir`;
+    the data cache sits beside the run folder."""
+    return [
+        "fit",
+        "--config",
+        str(config),
+        f"--data.init_args.data_root={data_root}",
+        f"--data.init_args.tokenizer={tokenizer}",
+        f"--data.init_args.cache_dir={run_dir.parent / 'cache'}",
+        "--data.init_args.block_size=32",
+        "--data.init_args.batch_size=4",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        *extra,
+    ]

@@ -10,39 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from safety_checks import CONFIGS, PRETRAIN, refused, tiny_fit_args
 
 from xpert_pl.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRETRAIN = str(CONFIGS / "pretrain" / "tiny.yaml")
-
-
-def _fails(capsys, argv: list[str], *fragments: str) -> str:
-    """Run `xpert <argv>`; assert exit status 2, every fragment in the message and no traceback."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in:\n{err}"
-    return err
-
 
 def _fit(data_root: Path, tokenizer: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        PRETRAIN,
-        f"--data.init_args.data_root={data_root}",
-        f"--data.init_args.tokenizer={tokenizer}",
-        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-        "--data.init_args.block_size=32",
-        "--data.init_args.batch_size=4",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}",
-        "--trainer.max_steps=1",
-        *extra,
-    ]
+    return tiny_fit_args(PRETRAIN, tmp_path / "run", data_root, tokenizer, "--trainer.max_steps=1", *extra)
 
 
 def _copy_model(src: Path, dst: Path, edit=None) -> Path:
@@ -60,18 +34,18 @@ def _copy_model(src: Path, dst: Path, edit=None) -> Path:
 
 def test_unknown_config_key(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, "--model.learning_rat=0.1")
-    _fails(capsys, argv, "learning_rat", "--print_config")
+    refused(capsys, argv, "learning_rat", "--print_config")
 
 
 def test_malformed_yaml(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("model:\n  learning_rate: [0.1\n")
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, "--config", str(tmp_path / "bad.yaml"))
-    _fails(capsys, argv, "bad.yaml")
+    refused(capsys, argv, "bad.yaml")
 
 
 def test_unknown_class_path_lists_the_valid_ones(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, "--model.initializer=xpert_pl.initializers.NoSuchInit")
-    _fails(capsys, argv, "NoSuchInit", "xpert_pl.initializers.XpertInit", "xpert_pl.initializers.ScratchInit")
+    refused(capsys, argv, "NoSuchInit", "xpert_pl.initializers.XpertInit", "xpert_pl.initializers.ScratchInit")
 
 
 def test_source_that_is_not_an_moe(tiny_tokenizer_dir, tmp_path, capsys):
@@ -81,7 +55,7 @@ def test_source_that_is_not_an_moe(tiny_tokenizer_dir, tmp_path, capsys):
     selection = tmp_path / "selection.json"
     selection.write_text(json.dumps({"layers": [], "source": {"fingerprint": "0" * 16, "model": "elsewhere"}}))
     argv = ["extract", f"--model={tmp_path / 'dense'}", f"--selection={selection}", f"--out_dir={tmp_path / 'b'}"]
-    _fails(capsys, argv, "not a supported Mixture-of-Experts", "supported families: olmoe")
+    refused(capsys, argv, "not a supported Mixture-of-Experts", "supported families: olmoe")
     assert not (tmp_path / "b").exists()
 
 
@@ -93,7 +67,7 @@ def test_bank_that_does_not_fit_the_student(tiny_data_root, tiny_tokenizer_dir, 
         "--model.initializer.init_args.depth_strategy=grouped",
     ]
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra)
-    _fails(capsys, argv, "4 groups for 2 layers", "--group_layers 2")
+    refused(capsys, argv, "4 groups for 2 layers", "--group_layers 2")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -105,7 +79,7 @@ def test_tucker_ranks_larger_than_the_tensor(tiny_source_dir, tiny_analysis_dir,
         f"--out_dir={tmp_path / 'bank'}",
         "--consolidator.ranks=[4096, 1.0, 1.0]",
     ]
-    _fails(capsys, argv, "rank 4096", "[1, 256]")
+    refused(capsys, argv, "rank 4096", "[1, 256]")
     assert not (tmp_path / "bank").exists()
 
 
@@ -123,7 +97,7 @@ def test_empty_domain_corpus(tiny_source_dir, tiny_tokenizer_dir, tiny_data_root
     domains = _domains(tmp_path / "domains.yaml", ["law", "code"])
     argv = ["analyze", f"--model={tiny_source_dir}", f"--data.tokenizer={tiny_tokenizer_dir}"]
     argv += [f"--data.data_root={root}", f"--domains={domains}", f"--out_dir={tmp_path / 'analysis'}"]
-    _fails(capsys, argv, "law", "every file is empty")
+    refused(capsys, argv, "law", "every file is empty")
     assert not (tmp_path / "analysis").exists()
 
 
@@ -131,7 +105,7 @@ def test_missing_domain_corpus(tiny_source_dir, tiny_tokenizer_dir, tiny_data_ro
     domains = _domains(tmp_path / "domains.yaml", ["law", "poetry"])
     argv = ["analyze", f"--model={tiny_source_dir}", f"--data.tokenizer={tiny_tokenizer_dir}"]
     argv += [f"--data.data_root={tiny_data_root}", f"--domains={domains}", f"--out_dir={tmp_path / 'a'}"]
-    _fails(capsys, argv, "poetry", "corpus/poetry/*.jsonl")
+    refused(capsys, argv, "poetry", "corpus/poetry/*.jsonl")
     assert not (tmp_path / "a").exists()
 
 
@@ -145,7 +119,7 @@ def test_teacher_and_student_vocabularies_differ(tiny_data_root, tiny_tokenizer_
         f"--model.objective.init_args.teacher={tmp_path / 'teacher'}",
     ]
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra)
-    _fails(capsys, argv, "vocab_size 400", "320", "teacher's tokenizer")
+    refused(capsys, argv, "vocab_size 400", "320", "teacher's tokenizer")
 
 
 def _other_tokenizer(path: Path) -> Path:
@@ -167,13 +141,15 @@ def test_tokenizer_that_does_not_match_the_source(tiny_source_dir, tiny_data_roo
         f"--out_dir={tmp_path / 'analysis'}",
         f"--data.cache_dir={tmp_path / 'cache'}",
     ]
-    _fails(capsys, argv, "vocabulary differs from the one", str(tiny_source_dir), f"--data.tokenizer={tiny_source_dir}")
+    refused(
+        capsys, argv, "vocabulary differs from the one", str(tiny_source_dir), f"--data.tokenizer={tiny_source_dir}"
+    )
     assert not (tmp_path / "analysis").exists()
 
 
 def test_tokenizer_that_is_not_there(tiny_data_root, tmp_path, capsys):
     argv = _fit(tiny_data_root, tmp_path / "no_such_tok", tmp_path)
-    _fails(capsys, argv, "no_such_tok", "neither a local tokenizer directory", "xpert tokenizer --out_dir")
+    refused(capsys, argv, "no_such_tok", "neither a local tokenizer directory", "xpert tokenizer --out_dir")
     assert not (tmp_path / "no_such_tok").exists()
 
 
@@ -190,7 +166,7 @@ def test_warm_start_from_a_model_of_another_vocabulary(how, tiny_data_root, tiny
             f"--model.model.init_args.path={tmp_path / 'other'}",
         ]
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra)
-    _fails(capsys, argv, "tokenizer has 320 tokens", "vocab_size 400", "the tokenizer the model was trained with")
+    refused(capsys, argv, "tokenizer has 320 tokens", "vocab_size 400", "the tokenizer the model was trained with")
     assert not (tmp_path / "run").exists()
 
 
@@ -202,13 +178,13 @@ def test_nan_in_source_weights(tiny_source_dir, tiny_analysis_dir, tmp_path, cap
 
     model = _copy_model(tiny_source_dir, tmp_path / "nan", poison)
     argv = ["extract", f"--model={model}", f"--selection={tiny_analysis_dir / 'selection.json'}"]
-    _fails(capsys, [*argv, f"--out_dir={tmp_path / 'bank'}"], "NaN or Inf", "experts")
+    refused(capsys, [*argv, f"--out_dir={tmp_path / 'bank'}"], "NaN or Inf", "experts")
     assert not (tmp_path / "bank").exists()
 
 
 def test_data_root_without_the_named_files(tiny_tokenizer_dir, tmp_path, capsys):
     argv = _fit(tmp_path / "no_such_root", tiny_tokenizer_dir, tmp_path)
-    _fails(capsys, argv, "no_such_root", "XPERT_DATA_ROOT")
+    refused(capsys, argv, "no_such_root", "XPERT_DATA_ROOT")
 
 
 def test_truncated_safetensors(tiny_source_dir, tiny_analysis_dir, tmp_path, capsys):
@@ -216,7 +192,7 @@ def test_truncated_safetensors(tiny_source_dir, tiny_analysis_dir, tmp_path, cap
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     argv = ["extract", f"--model={model}", f"--selection={tiny_analysis_dir / 'selection.json'}"]
-    _fails(capsys, [*argv, f"--out_dir={tmp_path / 'bank'}"], "corrupt or truncated", "model.safetensors")
+    refused(capsys, [*argv, f"--out_dir={tmp_path / 'bank'}"], "corrupt or truncated", "model.safetensors")
     assert not (tmp_path / "bank").exists()
 
 
@@ -227,12 +203,12 @@ def test_truncated_bank(tiny_data_root, tiny_tokenizer_dir, tiny_bank, tmp_path,
         data = f.read_bytes()
         (bank / f.name).write_bytes(data[: len(data) // 2] if f.suffix == ".safetensors" else data)
     extra = ["--config", str(CONFIGS / "methods" / "xpert.yaml"), f"--model.initializer.init_args.bank={bank}"]
-    _fails(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "bank", "re-run `xpert extract`")
+    refused(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "bank", "re-run `xpert extract`")
 
 
 def test_warm_start_and_resume_together(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
     extra = ["--ckpt_path=last", f"--model.init_checkpoint={tmp_path}"]
-    _fails(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "--ckpt_path", "Drop one of them")
+    refused(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "--ckpt_path", "Drop one of them")
 
 
 def test_disk_full_while_writing_a_bank(tiny_source_dir, tiny_analysis_dir, tmp_path, capsys, monkeypatch):
@@ -245,7 +221,7 @@ def test_disk_full_while_writing_a_bank(tiny_source_dir, tiny_analysis_dir, tmp_
 
     monkeypatch.setattr(artifacts.os, "replace", full_disk)
     argv = ["extract", f"--model={tiny_source_dir}", f"--selection={tiny_analysis_dir / 'selection.json'}"]
-    _fails(capsys, [*argv, f"--out_dir={tmp_path / 'bank'}"], "disk is full", "Free space")
+    refused(capsys, [*argv, f"--out_dir={tmp_path / 'bank'}"], "disk is full", "Free space")
     monkeypatch.setattr(artifacts.os, "replace", real)
     assert not (tmp_path / "bank").exists()
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no temporary file left either
@@ -261,12 +237,12 @@ def test_pickle_payload_in_a_checkpoint_is_refused(tiny_data_root, tiny_tokenize
     torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "evil.ckpt")
     for flag in ("--ckpt_path", "--model.init_checkpoint"):
         argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, f"{flag}={tmp_path / 'evil.ckpt'}")
-        _fails(capsys, argv, "evil.ckpt", "weights_only")
+        refused(capsys, argv, "evil.ckpt", "weights_only")
         assert not marker.exists()
 
 
 def test_missing_matrix_file(tmp_path, capsys):
-    _fails(capsys, ["bench", "run", str(tmp_path / "nowhere.yaml")], "nowhere.yaml", "not found")
+    refused(capsys, ["bench", "run", str(tmp_path / "nowhere.yaml")], "nowhere.yaml", "not found")
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -281,14 +257,14 @@ def test_bad_json_manifest_is_reported(tiny_data_root, tiny_tokenizer_dir, tiny_
         (bank / f.name).write_bytes(f.read_bytes())
     (bank / "manifest.json").write_text(json.dumps({"format": "xpert-bank"})[:-3])
     extra = ["--config", str(CONFIGS / "methods" / "xpert.yaml"), f"--model.initializer.init_args.bank={bank}"]
-    _fails(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "manifest.json")
+    refused(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "manifest.json")
 
 
 def test_names_that_would_write_outside_the_run_directory(tiny_source_dir, tiny_tokenizer_dir, tmp_path, capsys):
     domains = tmp_path / "domains.yaml"
     domains.write_text("- name: ../../escape\n  files: [corpus/law/*.jsonl]\n")
     argv = ["analyze", f"--model={tiny_source_dir}", f"--data.tokenizer={tiny_tokenizer_dir}", f"--domains={domains}"]
-    _fails(capsys, [*argv, f"--out_dir={tmp_path / 'a'}"], "'../../escape'", "outside the run directory")
+    refused(capsys, [*argv, f"--out_dir={tmp_path / 'a'}"], "'../../escape'", "outside the run directory")
     matrix = tmp_path / "matrix.yaml"
     for name in ("scratch.yaml", "student.yaml", "stage.yaml"):
         (tmp_path / name).write_text("{}\n")
@@ -298,4 +274,4 @@ def test_names_that_would_write_outside_the_run_directory(tiny_source_dir, tiny_
         f"budgets: {{short: 1}}\nscales: {{tiny: {tmp_path / 'student.yaml'}}}\n"
         f"methods: {{scratch: {scratch}, /tmp/x: {scratch}}}\n"
     )
-    _fails(capsys, ["bench", "run", str(matrix)], "'/tmp/x'", "outside the run directory")
+    refused(capsys, ["bench", "run", str(matrix)], "'/tmp/x'", "outside the run directory")

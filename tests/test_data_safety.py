@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safety_checks import refused, tree_digest
+from safety_checks import refused, tiny_fit_args, tree_digest
 
 import xpert_pl.cli  # noqa: F401  (Lightning imported at collection: its log handler binds to pytest's capture)
 from xpert_pl.artifacts import ARTIFACT_FILE, atomic_directory, write_json
@@ -37,21 +37,6 @@ def _config(tmp_path: Path, steps: int = 4, every: int = 100, extra_callback: di
     return path
 
 
-def _fit_args(config: Path, run_dir: Path, data_root: Path, tokenizer: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(config),
-        f"--data.init_args.data_root={data_root}",
-        f"--data.init_args.tokenizer={tokenizer}",
-        f"--data.init_args.cache_dir={run_dir.parent / 'cache'}",
-        "--data.init_args.block_size=32",
-        "--data.init_args.batch_size=4",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-        *extra,
-    ]
-
-
 # ---- run folders -------------------------------------------------------------------------------------------------
 
 
@@ -59,7 +44,7 @@ def _fit_args(config: Path, run_dir: Path, data_root: Path, tokenizer: Path, *ex
 def finished_run(tiny_data_root, tiny_tokenizer_dir, tmp_path_factory):
     """A completed 4-step run: (its argv, its folder)."""
     root = tmp_path_factory.mktemp("finished")
-    argv = _fit_args(_config(root), root / "run", tiny_data_root, tiny_tokenizer_dir)
+    argv = tiny_fit_args(_config(root), root / "run", tiny_data_root, tiny_tokenizer_dir)
     main(argv)
     return argv, root / "run"
 
@@ -76,7 +61,7 @@ def test_a_folder_locked_by_another_fit_is_refused(tiny_data_root, tiny_tokenize
 
     run = tmp_path / "run"
     run.mkdir()
-    argv = _fit_args(_config(tmp_path), run, tiny_data_root, tiny_tokenizer_dir)
+    argv = tiny_fit_args(_config(tmp_path), run, tiny_data_root, tiny_tokenizer_dir)
     with FileLock(str(run / ".xpert-fit.lock")):
         before = tree_digest(tmp_path)
         refused(capsys, argv, "another xpert fit is writing", str(run))
@@ -120,7 +105,7 @@ def test_interrupt_saves_a_checkpoint_and_prints_the_resume_command(
 ):
     switch = {"class_path": "kill_switch.InterruptAtStep", "init_args": {"step": 3, "how": how}}
     config = _config(tmp_path, steps=6, extra_callback=switch)
-    argv = _fit_args(config, tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
+    argv = tiny_fit_args(config, tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
     interrupted = _fit_process(argv)
     assert interrupted.returncode == status, interrupted.stderr[-3000:]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -128,7 +113,7 @@ def test_interrupt_saves_a_checkpoint_and_prints_the_resume_command(
     assert "Resume with: xpert fit" in interrupted.stderr and "--ckpt_path last" in interrupted.stderr
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 3
     if how == "keyboard":  # resuming works the same after either signal; once is enough here
-        plain = _fit_args(_config(tmp_path, steps=6), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
+        plain = tiny_fit_args(_config(tmp_path, steps=6), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
         resumed = _fit_process([*plain, "--ckpt_path", "last"])
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert (tmp_path / "run" / "hf" / "config.json").is_file()
@@ -147,7 +132,7 @@ def test_full_disk_leaves_no_partial_checkpoint(tiny_data_root, tiny_tokenizer_d
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpointing.torch, "save", save_until_the_disk_fills)
-    argv = _fit_args(_config(tmp_path, steps=4, every=1), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
+    argv = tiny_fit_args(_config(tmp_path, steps=4, every=1), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
     refused(capsys, argv, "disk is full", "last.ckpt", "--ckpt_path last")
     checkpoints = tmp_path / "run" / "checkpoints"
     assert not [p for p in checkpoints.iterdir() if p.name.endswith(".tmp")]

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_checks import refused, tree_digest
+from safety_checks import CONFIGS, PRETRAIN, refused, tiny_fit_args, tree_digest
 
 # Imported at collection (as Lightning then is): its log handler binds to pytest's capture, not to one test's capsys
 # stream, which is closed by the time a later test logs.
 import xpert_pl.cli  # noqa: F401
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRETRAIN = str(CONFIGS / "pretrain" / "tiny.yaml")
 
 
 @pytest.fixture
@@ -26,19 +23,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _fit(data_root: Path, tokenizer: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        PRETRAIN,
-        f"--data.init_args.data_root={data_root}",
-        f"--data.init_args.tokenizer={tokenizer}",
-        f"--data.init_args.cache_dir={run_dir.parent / 'cache'}",
-        "--data.init_args.block_size=32",
-        "--data.init_args.batch_size=4",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-        "--trainer.max_steps=2",
-        *extra,
-    ]
+    return tiny_fit_args(PRETRAIN, run_dir, data_root, tokenizer, "--trainer.max_steps=2", *extra)
 
 
 def _refused_unchanged(capsys, root: Path, argv: list[str], *fragments: str) -> str:

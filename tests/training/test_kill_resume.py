@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from safetensors.torch import load_file
+from safety_checks import tiny_fit_args
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, CHECKPOINT_EVERY = 16, 4
@@ -31,16 +32,7 @@ def _config(tmp_path: Path, kill_at: int | None) -> Path:
 
 
 def _fit(config: Path, run_dir: Path, data_root: Path, tokenizer: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "xpert_pl.cli", "fit", "--config", str(config)]
-    command += [
-        f"--data.init_args.data_root={data_root}",
-        f"--data.init_args.tokenizer={tokenizer}",
-        f"--data.init_args.cache_dir={run_dir.parent / 'cache'}",
-        "--data.init_args.block_size=32",
-        "--data.init_args.batch_size=4",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-        *extra,
-    ]
+    command = [sys.executable, "-m", "xpert_pl.cli", *tiny_fit_args(config, run_dir, data_root, tokenizer, *extra)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)])}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
