@@ -100,23 +100,51 @@ def test_long_prompts_are_truncated_and_counted(tiny_llama, tokenizer, monkeypat
 
 # ---- evaluate_rouge on an exported model ---------------------------------------------------------------------------
 
-# References made of the tiny corpus's words (tests/conftest.py), which the tiny tokenizer knows whole, so a random
-# model's output overlaps them (score > 0).
-LAW = "law document court statute shall section plaintiff defendant contract party clause liability appeal"
-NEWS = "news document minister election reported government market said weather police city million week"
+ANSWERS = {  # instruction, input -> the response the tiny Llama is taught, so its answers score above 0
+    ("Cite the court.", ""): "the court shall hear the appeal",
+    ("Report.", "election"): "the minister said the election",
+}
+LAW, NEWS = "the court shall hear the appeal of the plaintiff", "the minister said the election was won"
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tokenizer, tmp_path_factory) -> Path:
+    """A tiny Llama taught (60 AdamW steps) to answer `ANSWERS`, written with `save_pretrained`."""
+    torch.manual_seed(0)
+    model = DenseStudent("llama-tiny", SMALL).build(vocab_size=len(tokenizer))
+    eos = tokenizer.eos_token_id
+    rows = [
+        tokenizer(alpaca_prompt(*key) + answer, add_special_tokens=False)["input_ids"] + [eos]
+        for key, answer in ANSWERS.items()
+    ]
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [eos] * (width - len(row)) for row in rows])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 0.6 s instead of 8 s on a shared 2-core machine
+    try:
+        for _ in range(60):
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("rouge") / "hf"
+    model.save_pretrained(out)
+    return out
 
 
 @pytest.fixture
-def exported_llama(tiny_llama, tmp_path):
-    """The tiny Llama as a user has it: `save_pretrained`, then `AutoModelForCausalLM.from_pretrained`."""
-    tiny_llama.save_pretrained(tmp_path / "hf")
-    return AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+def exported_llama(exported_dir):
+    """The tiny Llama as a user has it: a plain `AutoModelForCausalLM.from_pretrained`."""
+    return AutoModelForCausalLM.from_pretrained(exported_dir)
 
 
 def _dialogue_file(tmp_path: Path) -> Path:
+    (first, first_input), (second, second_input) = ANSWERS
     rows = [
-        {"instruction": "Cite the court.", "input": "", "output": LAW},
-        {"instruction": "Report.", "input": "election", "output": [LAW, NEWS]},
+        {"instruction": first, "input": first_input, "output": LAW},
+        {"instruction": second, "input": second_input, "output": [LAW, NEWS]},
         {"instruction": "Not read (limit=2).", "input": "", "output": "x"},
     ]
     _write_set(tmp_path / "mine.jsonl", rows)
@@ -163,7 +191,7 @@ def test_evaluate_rouge_samples_reproducibly_with_each_seed(exported_llama, toke
     first, second = (evaluate_rouge(exported_llama, tokenizer, **kwargs) for _ in range(2))
     assert first == second and list(first.sets["mine"].runs) == ["seed3", "seed4"]
     assert first.sets["mine"].generations == second.sets["mine"].generations
-    assert first.settings["seeds"] == [3, 4] and not first.sets["mine"].std < 0
+    assert first.settings["seeds"] == [3, 4]
     assert not exported_llama.training  # eval mode stays eval mode
 
 
