@@ -262,7 +262,8 @@ def evaluate_rouge(
         step: the training step, recorded and added to the file names.
 
     Raises:
-        FileNotFoundError: a set's file is missing (all are named). ValueError: a set is empty, or no seed.
+        FileNotFoundError: a set's file is missing (all such sets are named).
+        ValueError: a set has no examples (after `limit`), or sampling is asked for without seeds.
     """
     seeds = list(seeds) if seeds is not None else list(MINILLM_SEEDS)
     if not greedy and not seeds:
