@@ -1,4 +1,4 @@
-"""Rouge-L as MiniLLM scores it, batched generation with left padding, and the callback's files and metrics."""
+"""RougeLCallback under a real Trainer: schedule, files, metrics (the protocol: tests/evaluation/test_rouge.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from rouge_score import rouge_scorer
 from torch.utils.data import DataLoader
 
-from xpert_pl.callbacks.rouge import RougeLCallback, generate_responses, load_dialogue_set, rouge_l, rouge_l_scores
+from xpert_pl.callbacks import RougeLCallback
 from xpert_pl.data.prompts import alpaca_prompt
+from xpert_pl.evaluation.rouge import rouge_l_scores
 from xpert_pl.models import DenseStudent
 from xpert_pl.tokenizer import load_tokenizer
 from xpert_pl.training import CausalLMModule
@@ -21,43 +21,9 @@ from xpert_pl.training import CausalLMModule
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2}
 
 
-def test_rouge_l_of_a_known_pair():
-    # LCS of "the cat sat on the mat" and "the cat is on the mat" is 5 of 6 tokens: P = R = F = 5/6.
-    assert rouge_l(["the cat sat on the mat"], [["the cat is on the mat"]]) == pytest.approx(100 * 5 / 6)
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    expected = scorer.score("the cat is on the mat", "the cat sat on the mat")["rougeL"].fmeasure
-    assert rouge_l_scores(["the cat sat on the mat"], [["the cat is on the mat"]]) == [expected]
-    # Stemmed and lower-cased, punctuation dropped: "Dogs running!" matches "dog run".
-    assert rouge_l(["Dogs running!"], [["dog run"]]) == pytest.approx(100.0)
-
-
-def test_rouge_l_takes_the_best_reference_and_averages_examples():
-    predictions = ["the cat sat on the mat", "hello there"]
-    references = [["a dog", "the cat is on the mat"], ["goodbye"]]
-    assert rouge_l_scores(predictions, references) == pytest.approx([5 / 6, 0.0])
-    assert rouge_l(predictions, references) == pytest.approx(100 * (5 / 6) / 2)
-    assert rouge_l([""], [["anything"]]) == 0.0
-    with pytest.raises(ValueError, match="2 predictions but 1"):
-        rouge_l(predictions, references[:1])
-    with pytest.raises(ValueError, match="at least one reference"):
-        rouge_l(["x"], [[]])
-
-
 def _write_set(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def test_load_dialogue_set_reads_prompts_and_reference_lists(tmp_path):
-    rows = [
-        {"instruction": "Say hi.", "input": "", "output": "hi", "prompt": "custom prompt\n"},
-        {"instruction": "Fix it.", "input": "teh", "output": ["the", "The"]},
-        {"instruction": "Third.", "input": "", "output": "3"},
-    ]
-    _write_set(tmp_path / "x.jsonl", rows)
-    first, second = load_dialogue_set(tmp_path / "x.jsonl", limit=2)
-    assert first.prompt == "custom prompt\n" and first.references == ("hi",)
-    assert second.prompt == alpaca_prompt("Fix it.", "teh") and second.references == ("the", "The")
 
 
 @pytest.fixture(scope="module")
@@ -71,35 +37,6 @@ def tiny_module(tokenizer) -> CausalLMModule:
     module = CausalLMModule(DenseStudent("llama-tiny", SMALL), vocab_size=len(tokenizer))
     module.configure_model()
     return module
-
-
-def test_left_padded_batches_generate_what_single_prompts_do(tiny_module, tokenizer):
-    model = tiny_module.model.eval()
-    prompts = ["law document 3: the court shall", "news"]
-    kwargs = {"max_new_tokens": 6, "greedy": True, "no_repeat_ngram_size": 0}
-    batched, truncated = generate_responses(model, tokenizer, prompts, batch_size=2, **kwargs)
-    alone = [generate_responses(model, tokenizer, [p], batch_size=1, **kwargs)[0][0] for p in prompts]
-    assert batched == alone and truncated == 0
-    assert all(isinstance(text, str) and text == text.strip() for text in batched)
-
-
-def test_long_prompts_are_truncated_and_counted(tiny_module, tokenizer, monkeypatch):
-    seen = []
-    original = tiny_module.model.generate
-
-    def spy(**kwargs):
-        seen.append(kwargs["input_ids"][kwargs["attention_mask"].bool()].tolist())
-        return original(**kwargs)
-
-    monkeypatch.setattr(tiny_module.model, "generate", spy)
-    prompt = "court " * 30
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    _, truncated = generate_responses(
-        tiny_module.model, tokenizer, [prompt, "x"], max_new_tokens=1, max_prompt_length=8
-    )
-    assert truncated == 1 and seen[0][:8] == ids[:8]  # MiniLLM keeps the start
-    generate_responses(tiny_module.model, tokenizer, [prompt], 1, 8, prompt_truncation="middle")
-    assert seen[1] == ids[:4] + ids[-4:]
 
 
 @pytest.fixture
@@ -202,6 +139,8 @@ def test_sampling_is_reproducible_and_leaves_the_rng_alone(tmp_path, eval_root, 
     assert (tmp_path / "a" / "dollyeval_seed3_step0.jsonl").read_text() == (
         tmp_path / "b" / "dollyeval_seed3_step0.jsonl"
     ).read_text()
+    # The Hugging Face model itself (which has a `.model` too, its decoder stack) is evaluated as it is.
+    assert callback.evaluate(tiny_module.model, tokenizer, tmp_path / "c") == first
 
 
 def test_missing_sets_are_named(tmp_path, eval_root, tiny_module, tokenizer):
