@@ -90,7 +90,7 @@ def test_bank_that_does_not_fit_the_student(tiny_data_root, tiny_tokenizer_dir, 
         "--config",
         str(CONFIGS / "methods" / "xpert.yaml"),
         f"--model.initializer.init_args.bank={tiny_bank}",
-        "--model.initializer.init_args.depth_strategy=grouped",
+        "--model.initializer.init_args.transfer.depth_strategy=grouped",
     ]
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra)
     _fails(capsys, argv, "4 groups for 2 layers", "--group_layers 2")

@@ -95,16 +95,20 @@ class SourceFFN:
         return self.layers[self.source_layers[0]]["gate"].shape[1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FFNTransfer:
-    """How dense source matrices are fitted into a student's FFN layers.
+    """How dense source matrices are fitted into a student's FFN layers: the adaptation options shared by every
+    expert-based initializer (its `transfer` argument; e.g. `transfer: {rescale: none, depth_strategy: grouped}`).
+
+    Frozen, so one instance can be a method's default argument.
 
     Attributes:
         rescale: Frobenius norm given to each transferred matrix: `expert_norm` (the mean norm of the experts it
             came from, applied to the whole source matrix before slicing), `target_init` (the norm of the
             student's fresh values it overwrites), or `none`.
-        depth_strategy: student layer -> source layer: `uniform` stride, `first` L_t, or `grouped` (one bank
-            layer group per student layer).
+        depth_strategy: student layer -> source layer: `uniform` stride (keeping the first and last layers),
+            the `first` L_t layers, or `grouped` (one bank layer group per student layer, `xpert extract
+            --group_layers`).
         neuron_selection: a narrower FFN keeps the highest-`energy` neurons or `uniform`ly spaced ones (Weight
             Selection); always the same indices in gate, up and down.
         wider_ffn: a wider FFN leaves the extra neurons at `scratch` init, or `split`s source neurons into
