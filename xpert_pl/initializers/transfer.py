@@ -248,11 +248,13 @@ def _blocks(dense: dict[str, torch.Tensor], rows: torch.Tensor, shares: torch.Te
 class FFNTransferInit(Initializer):
     """An initializer that makes dense source-shaped FFN matrices and fits them into every student layer.
 
-    Subclasses implement `source_ffn`; the adaptation (`FFNTransfer`) and the report are shared, so two methods
-    differ only in where their matrices come from.
+    Subclasses implement `source_ffn` and take a `transfer: FFNTransfer = <the method's default>` argument; the
+    adaptation and the report are shared, so two methods differ only in where their matrices come from.
     """
 
     def __init__(self, transfer: FFNTransfer):
+        if not isinstance(transfer, FFNTransfer):  # e.g. a dict from Python code; the CLI always builds one
+            raise TypeError(f"transfer must be an FFNTransfer, got {type(transfer).__name__}")
         self.transfer = transfer
 
     @property
