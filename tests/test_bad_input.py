@@ -48,6 +48,12 @@ def test_unknown_class_path_lists_the_valid_ones(tiny_data_root, tiny_tokenizer_
     refused(capsys, argv, "NoSuchInit", "xpert_pl.initializers.XpertInit", "xpert_pl.initializers.ScratchInit")
 
 
+def test_adaptation_option_in_its_former_place(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
+    extra = ["--config", str(CONFIGS / "methods" / "xpert.yaml"), "--model.initializer.init_args.rescale=none"]
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra)
+    _fails(capsys, argv, "--model.initializer.init_args.transfer.rescale=", "transfer: {rescale: ...}")
+
+
 def test_source_that_is_not_an_moe(tiny_tokenizer_dir, tmp_path, capsys):
     from xpert_pl.models import DenseStudent
 
@@ -64,7 +70,7 @@ def test_bank_that_does_not_fit_the_student(tiny_data_root, tiny_tokenizer_dir, 
         "--config",
         str(CONFIGS / "methods" / "xpert.yaml"),
         f"--model.initializer.init_args.bank={tiny_bank}",
-        "--model.initializer.init_args.depth_strategy=grouped",
+        "--model.initializer.init_args.transfer.depth_strategy=grouped",
     ]
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra)
     refused(capsys, argv, "4 groups for 2 layers", "--group_layers 2")

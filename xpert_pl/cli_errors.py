@@ -116,6 +116,8 @@ def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) 
     key = re.sub(r"\.\d+$", "", key)
     if (unwrapped := _type_error(text)) is not None:
         return f"{unwrapped}\n{hint.strip()}"
+    if (moved := _moved_transfer_option(text, key)) is not None:
+        return f"{moved}\n{hint.strip()}"
     if "class_path" in text or "import path" in text.lower():
         problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
         missing = problem and re.search(r"has no attribute|No module named|not a subclass", problem.group(2))
@@ -125,6 +127,24 @@ def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) 
         if valid:
             hint = f" Valid classes for {key}: {', '.join(valid)}." + hint
     return f"{text}\n{hint.strip()}"
+
+
+def _moved_transfer_option(text: str, key: str) -> str | None:
+    """The new spelling of an adaptation option given directly to an initializer (before they were nested)."""
+    option = re.search(r"Option '(\w+)' is not accepted", text)
+    if option is None or key != "model.initializer":
+        return None
+    from dataclasses import fields
+
+    from xpert_pl.initializers.transfer import FFNTransfer
+
+    name = option.group(1)
+    if name not in {f.name for f in fields(FFNTransfer)}:
+        return None
+    return (
+        f"--{key}.init_args.{name}: the adaptation options are one nested argument, `transfer` (FFNTransfer): write "
+        f"`transfer: {{{name}: ...}}` under init_args in YAML, or --{key}.init_args.transfer.{name}=... ."
+    )
 
 
 def _type_error(text: str) -> str | None:

@@ -12,6 +12,7 @@ from xpert_pl.bank import TuckerConsolidator
 from xpert_pl.bank.adapt import uniform_indices
 from xpert_pl.experts import expert_matrix, moe_layers
 from xpert_pl.initializers import (
+    FFNTransfer,
     FullExpertsInit,
     LinearExpansionInit,
     RandomExpertsInit,
@@ -94,7 +95,8 @@ def test_full_experts_equals_xpert_with_a_full_rank_bank(tiny_source_dir, tiny_b
 def test_full_experts_without_rescale_is_the_weighted_average(tiny_source_dir, tiny_analysis_dir, live, vocab):
     selection = json.loads((tiny_analysis_dir / "selection.json").read_text())
     model = student(vocab)
-    FullExpertsInit(str(tiny_source_dir), str(tiny_analysis_dir / "selection.json"), rescale="none").initialize(model)
+    selection_file = str(tiny_analysis_dir / "selection.json")
+    FullExpertsInit(str(tiny_source_dir), selection_file, transfer=FFNTransfer(rescale="none")).initialize(model)
     record = selection["layers"][3]  # student layer 1 <- source layer 3 (uniform stride 4 -> 2)
     w = torch.tensor(record["weights"]) / sum(record["weights"])
     for m in MATS:
@@ -185,4 +187,4 @@ def test_missing_inputs_are_named(tiny_source_dir, tmp_path, vocab):
     with pytest.raises(ValueError, match="needs `analysis`"):
         WeightSelectionInit(str(tiny_source_dir), expert="top")
     with pytest.raises(ValueError, match="expert norms"):
-        LinearExpansionInit(str(tiny_source_dir), rescale="expert_norm")
+        LinearExpansionInit(str(tiny_source_dir), transfer=FFNTransfer(rescale="expert_norm"))

@@ -9,7 +9,7 @@ import torch
 
 from xpert_pl.bank import BankIntegrityError, select_hidden, select_neurons
 from xpert_pl.bank.adapt import spread_hidden
-from xpert_pl.initializers import ScratchInit, UnsupportedStudentError, XpertInit
+from xpert_pl.initializers import FFNTransfer, ScratchInit, UnsupportedStudentError, XpertInit
 from xpert_pl.models import OlmoeSource
 
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
@@ -38,7 +38,7 @@ def test_sets_every_ffn_matrix_and_nothing_else(distinct_bank, make_student):
 
 def test_identical_experts_are_copied_exactly(identical_bank, identical_experts, make_student):
     student = make_student()
-    report = XpertInit(bank=str(identical_bank), rescale="expert_norm").initialize(student)
+    report = XpertInit(bank=str(identical_bank), transfer=FFNTransfer(rescale="expert_norm")).initialize(student)
     for j in range(2):
         for m, weight in mlp_weights(student, j).items():
             assert torch.allclose(weight, identical_experts[j][m][..., 0], atol=1e-4), (j, m)
@@ -109,7 +109,7 @@ def test_rescale_modes(distinct_bank, distinct_experts, make_student):
     results = {}
     for mode in ("none", "expert_norm", "target_init"):
         student = make_student(layers=4)
-        XpertInit(bank=str(distinct_bank), rescale=mode).initialize(student)
+        XpertInit(bank=str(distinct_bank), transfer=FFNTransfer(rescale=mode)).initialize(student)
         results[mode] = mlp_weights(student, 0)["up"].detach().clone()
     assert torch.allclose(results["none"], average, atol=1e-4)
     assert results["expert_norm"].norm().item() == pytest.approx(mean_norm.item(), rel=1e-4)
@@ -122,9 +122,8 @@ def test_rescale_modes(distinct_bank, distinct_experts, make_student):
 
 def test_uniform_collapse_and_first_depth_strategy(distinct_bank, distinct_experts, make_student):
     student = make_student(layers=2)
-    report = XpertInit(bank=str(distinct_bank), collapse="uniform", rescale="none", depth_strategy="first").initialize(
-        student
-    )
+    transfer = FFNTransfer(rescale="none", depth_strategy="first")
+    report = XpertInit(bank=str(distinct_bank), collapse="uniform", transfer=transfer).initialize(student)
     assert report.details["depth_map"] == [0, 1]
     assert torch.allclose(mlp_weights(student, 1)["down"], distinct_experts[1]["down"].mean(-1), atol=1e-4)
 
@@ -137,7 +136,7 @@ def test_errors_are_clear(distinct_bank, tmp_path, make_student):
     with pytest.raises(UnsupportedStudentError, match="gate_proj"):
         XpertInit(bank=str(distinct_bank)).initialize(moe)
     with pytest.raises(ValueError, match="rescale"):
-        XpertInit(bank=str(distinct_bank), rescale="max")
+        XpertInit(bank=str(distinct_bank), transfer=FFNTransfer(rescale="max"))
 
 
 def test_scratch_init_sets_nothing(make_student):

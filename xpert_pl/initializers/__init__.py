@@ -1,11 +1,14 @@
-"""Initializers of a student's weights: scratch, XPERT, its ablation controls and peer methods.
+"""Initializers of a student's weights: scratch, XPERT, its controls and peer methods.
 
 Each is a small class chosen by `class_path` (`model.initializer` in a run's YAML) and reports what it set.
+Modules by concept: `xpert` (XPERT), `referee` (random/rare/full/single-expert controls), `statistics`
+(knowledge-vs-statistics controls), `peers` (methods from the literature), `scratch`, `source_weights`; the
+shared machinery is `transfer` (`FFNTransfer`, every expert-based method's `transfer` argument) and `shared`.
 """
 
 from xpert_pl.initializers.base import Initializer, InitReport
-from xpert_pl.initializers.controls import FullExpertsInit, RandomExpertsInit, RareExpertsInit, SingleExpertInit
 from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
+from xpert_pl.initializers.referee import FullExpertsInit, RandomExpertsInit, RareExpertsInit, SingleExpertInit
 from xpert_pl.initializers.scratch import ScratchInit
 from xpert_pl.initializers.source_weights import WithSourceWeights
 from xpert_pl.initializers.statistics import (

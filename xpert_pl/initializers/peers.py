@@ -9,32 +9,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from xpert_pl.analysis.selection import Selection
 from xpert_pl.analysis.strategies import TopFrequencySelector
-from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
-from xpert_pl.bank.extract import expert_reader
 from xpert_pl.checkpoint import open_expert_source
 from xpert_pl.experts import MATRICES
-from xpert_pl.initializers.controls import (
+from xpert_pl.initializers.shared import (
     SELECTION_FILE,
+    all_experts_choice,
     analysis_source,
     average_experts,
     load_analysis,
     selection_choice,
 )
-from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, NeuronSelection, SourceFFN
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
 
 ExpertChoice = Literal["average", "top"]
-
-
-def all_experts_choice(source: Any) -> dict[int, tuple[list[int], list[float]]]:
-    """Every routed expert of every MoE layer, with uniform weights."""
-    counts = expert_reader(source).num_experts
-    return {layer: (list(range(e)), [1.0 / e] * e) for layer, e in counts.items()}
 
 
 def layer_positions(num_layers: int) -> torch.Tensor:
@@ -64,8 +57,7 @@ class WeightSelectionInit(FFNTransferInit):
         source: str,
         expert: ExpertChoice = "average",
         analysis: str | None = None,
-        depth_strategy: DepthStrategy = "first",
-        rescale: RescaleMode = "none",
+        transfer: FFNTransfer = FFNTransfer(rescale="none", depth_strategy="first", neuron_selection="uniform"),
         trust_remote_code: bool = False,
     ):
         """
@@ -74,15 +66,15 @@ class WeightSelectionInit(FFNTransferInit):
             expert: `average` (uniform mean of all routed experts of a layer) or `top` (the most frequently
                 routed expert, which needs `analysis`).
             analysis: directory written by `xpert analyze`; only for `expert: top`.
-            depth_strategy: `first` (Weight Selection's layer selection), or `uniform` / `grouped` as in XpertInit.
-            rescale: `none` (the selected values as they are), `expert_norm` or `target_init`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`; by default Weight Selection's rules:
+                the `first` layers, `uniform`ly spaced neurons, values unscaled (`rescale: none`).
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
         """
         if expert not in ("average", "top"):
             raise ValueError(f"expert must be 'average' or 'top', got '{expert}'")
         if expert == "top" and analysis is None:
             raise ValueError("WeightSelectionInit(expert='top') needs `analysis` (the counts rank the experts)")
-        super().__init__(FFNTransfer(rescale, depth_strategy, neuron_selection="uniform"))
+        super().__init__(transfer)
         self.source, self.expert, self.analysis = source, expert, analysis
         self.trust_remote_code = trust_remote_code
 
@@ -106,8 +98,7 @@ class LinearExpansionInit(FFNTransferInit):
         self,
         source: str,
         analysis: str | None = None,
-        rescale: RescaleMode = "none",
-        neuron_selection: NeuronSelection = "energy",
+        transfer: FFNTransfer = FFNTransfer(rescale="none", depth_strategy="first"),
         trust_remote_code: bool = False,
     ):
         """
@@ -115,14 +106,16 @@ class LinearExpansionInit(FFNTransferInit):
             source: the source MoE (local HF directory, read by key, or a hub id when online).
             analysis: directory written by `xpert analyze`: each source layer is then represented by XPERT's
                 selected experts (weighted average); None: by the uniform average of all its routed experts.
-            rescale: `none` or `target_init` (the fitted matrices are not averages of experts).
-            neuron_selection: a narrower student FFN keeps the highest-`energy` or `uniform`ly spaced neurons.
+            transfer: the adaptation to the student, as `XpertInit.transfer` (`rescale: none` by default); no
+                `rescale: expert_norm` (the fitted matrices are not averages of experts), and any depth strategy
+                is the identity (the expansion has one matrix per student layer).
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
         """
-        if rescale == "expert_norm":
-            raise ValueError("LinearExpansionInit cannot rescale to expert norms; use rescale 'none' or 'target_init'")
-        # The expansion already has one matrix per student layer: the depth map is the identity.
-        super().__init__(FFNTransfer(rescale, "first", neuron_selection))
+        if transfer.rescale == "expert_norm":
+            raise ValueError(
+                "LinearExpansionInit cannot rescale to expert norms; use transfer.rescale 'none' or 'target_init'"
+            )
+        super().__init__(transfer)
         self.source, self.analysis, self.trust_remote_code = source, analysis, trust_remote_code
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:

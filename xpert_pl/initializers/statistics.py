@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.checkpoint import has_safetensors_weights
 from xpert_pl.initializers.base import InitReport
-from xpert_pl.initializers.transfer import PROJ, NeuronSelection, WiderFFN, student_mlps
-from xpert_pl.initializers.xpert import Collapse, XpertInit
+from xpert_pl.initializers.shared import Collapse
+from xpert_pl.initializers.transfer import PROJ, FFNTransfer, student_mlps
+from xpert_pl.initializers.xpert import XpertInit
 from xpert_pl.models import UNTRAINED_MARKER
 from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
 
@@ -45,22 +45,16 @@ class XpertStatisticsControl(XpertInit):
         bank: str,
         seed: int = 0,
         collapse: Collapse = "frequency",
-        rescale: RescaleMode = "expert_norm",
-        depth_strategy: DepthStrategy = "uniform",
-        neuron_selection: NeuronSelection = "energy",
-        wider_ffn: WiderFFN = "scratch",
+        transfer: FFNTransfer = FFNTransfer(),
     ):
         """
         Args:
             bank: the knowledge bank XPERT would use (`xpert extract` output).
             seed: seed of the control's randomness.
             collapse: as `XpertInit.collapse`.
-            rescale: as `XpertInit.rescale`.
-            depth_strategy: as `XpertInit.depth_strategy`.
-            neuron_selection: as `XpertInit.neuron_selection`.
-            wider_ffn: as `XpertInit.wider_ffn`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`.
         """
-        super().__init__(bank, collapse, rescale, depth_strategy, neuron_selection, wider_ffn)
+        super().__init__(bank, collapse, transfer)
         self.seed = seed
 
     @abc.abstractmethod
@@ -128,22 +122,16 @@ class UntrainedSourceInit(XpertInit):
         self,
         untrained_bank: str,
         collapse: Collapse = "frequency",
-        rescale: RescaleMode = "expert_norm",
-        depth_strategy: DepthStrategy = "uniform",
-        neuron_selection: NeuronSelection = "energy",
-        wider_ffn: WiderFFN = "scratch",
+        transfer: FFNTransfer = FFNTransfer(),
     ):
         """
         Args:
             untrained_bank: a bank made by `xpert untrained-source`, then `xpert analyze` and `xpert extract` on the
                 untrained copy; a bank of a trained source is refused.
             collapse: as `XpertInit.collapse`.
-            rescale: as `XpertInit.rescale`.
-            depth_strategy: as `XpertInit.depth_strategy`.
-            neuron_selection: as `XpertInit.neuron_selection`.
-            wider_ffn: as `XpertInit.wider_ffn`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`.
         """
-        super().__init__(untrained_bank, collapse, rescale, depth_strategy, neuron_selection, wider_ffn)
+        super().__init__(untrained_bank, collapse, transfer)
 
     def load_bank(self) -> KnowledgeBank:
         bank = super().load_bank()

@@ -95,16 +95,20 @@ class SourceFFN:
         return self.layers[self.source_layers[0]]["gate"].shape[1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FFNTransfer:
-    """How dense source matrices are fitted into a student's FFN layers.
+    """How dense source matrices are fitted into a student's FFN layers: the adaptation options shared by every
+    expert-based initializer (its `transfer` argument; e.g. `transfer: {rescale: none, depth_strategy: grouped}`).
+
+    Frozen, so one instance can be a method's default argument.
 
     Attributes:
         rescale: Frobenius norm given to each transferred matrix: `expert_norm` (the mean norm of the experts it
             came from, applied to the whole source matrix before slicing), `target_init` (the norm of the
             student's fresh values it overwrites), or `none`.
-        depth_strategy: student layer -> source layer: `uniform` stride, `first` L_t, or `grouped` (one bank
-            layer group per student layer).
+        depth_strategy: student layer -> source layer: `uniform` stride (keeping the first and last layers),
+            the `first` L_t layers, or `grouped` (one bank layer group per student layer, `xpert extract
+            --group_layers`).
         neuron_selection: a narrower FFN keeps the highest-`energy` neurons or `uniform`ly spaced ones (Weight
             Selection); always the same indices in gate, up and down.
         wider_ffn: a wider FFN leaves the extra neurons at `scratch` init, or `split`s source neurons into
@@ -244,11 +248,13 @@ def _blocks(dense: dict[str, torch.Tensor], rows: torch.Tensor, shares: torch.Te
 class FFNTransferInit(Initializer):
     """An initializer that makes dense source-shaped FFN matrices and fits them into every student layer.
 
-    Subclasses implement `source_ffn`; the adaptation (`FFNTransfer`) and the report are shared, so two methods
-    differ only in where their matrices come from.
+    Subclasses implement `source_ffn` and take a `transfer: FFNTransfer = <the method's default>` argument; the
+    adaptation and the report are shared, so two methods differ only in where their matrices come from.
     """
 
     def __init__(self, transfer: FFNTransfer):
+        if not isinstance(transfer, FFNTransfer):  # e.g. a dict from Python code; the CLI always builds one
+            raise TypeError(f"transfer must be an FFNTransfer, got {type(transfer).__name__}")
         self.transfer = transfer
 
     @property

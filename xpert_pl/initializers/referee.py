@@ -1,4 +1,4 @@
-"""Ablation controls of XPERT: the same procedure with one ingredient swapped (paper reviewers' controls).
+"""Referee controls of XPERT: the same procedure with one ingredient swapped (the paper reviewers' controls).
 
 - `RandomExpertsInit`, `RareExpertsInit`: XPERT's Tucker bank built from another expert selection (a seeded
   random subset, or the least frequent experts) of the same size n.
@@ -15,83 +15,22 @@ import abc
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from tqdm.auto import tqdm
-
-from xpert_pl.analysis.counter import ActivationCounts
 from xpert_pl.analysis.selection import ExpertSelector, Selection
 from xpert_pl.analysis.strategies import LeastFrequentSelector, RandomExpertSelector, TopFrequencySelector
-from xpert_pl.bank.adapt import DepthStrategy, RescaleMode
-from xpert_pl.bank.extract import expert_reader, extract_bank
+from xpert_pl.bank.extract import extract_bank
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.bank.tucker import TuckerConsolidator
-from xpert_pl.checkpoint import open_expert_source
 from xpert_pl.errors import ConfigError
-from xpert_pl.experts import MATRICES
-from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, NeuronSelection, SourceFFN, WiderFFN
-from xpert_pl.initializers.xpert import Collapse, collapse_bank
-from xpert_pl.provenance import analysis_record, open_checked_source
-
-SELECTION_FILE = "selection.json"
-
-
-def load_analysis(analysis: str) -> tuple[ActivationCounts, Selection]:
-    """The routing counts and XPERT's selection written by `xpert analyze` into `analysis`."""
-    path = Path(analysis)
-    if not (path / SELECTION_FILE).is_file():
-        raise FileNotFoundError(f"'{path}' is not an analysis directory (no {SELECTION_FILE}); run `xpert analyze`")
-    return ActivationCounts.load(path), Selection.load(path / SELECTION_FILE)
-
-
-def checked_source(
-    source: str, artifact: dict[str, Any] | None, kind: str, where: str, trust_remote_code: bool = False
-) -> Any:
-    """The opened source (see `open_expert_source`), once `artifact` (a selection or an analysis's source data) is
-    shown to be made from it; SourceMismatchError otherwise, before any expert is read."""
-    opened, _ = open_checked_source(
-        artifact, kind, where, source, lambda: open_expert_source(source, trust_remote_code)
-    )
-    return opened
-
-
-def analysis_source(analysis: str, source: str, trust_remote_code: bool = False) -> Any:
-    """The opened source, once the analysis in directory `analysis` is shown to be made from it."""
-    return checked_source(source, analysis_record(analysis), "analysis", analysis, trust_remote_code)
-
-
-def average_experts(source: Any, choice: dict[int, tuple[list[int], list[float]]], progress: bool = True) -> SourceFFN:
-    """Per layer, the weighted average of the chosen experts' matrices and their mean Frobenius norm.
-
-    Args:
-        source: a `CheckpointExperts` or a live MoE (see `xpert_pl.checkpoint.open_expert_source`).
-        choice: source layer -> (expert ids, weights summing to 1).
-        progress: show a tqdm bar over layers.
-    """
-    reader = expert_reader(source)
-    layers, norms = {}, {}
-    for layer, (ids, weights) in tqdm(sorted(choice.items()), desc="average experts", disable=not progress):
-        layers[layer], norms[layer] = {}, {}
-        for m in MATRICES:
-            total, norm_sum = None, 0.0
-            for expert, weight in zip(ids, weights, strict=True):  # one at a time: 64 experts are never stacked
-                x = reader.stack(layer, [expert], m)[..., 0].double()
-                total = x * weight if total is None else total + x * weight
-                norm_sum += float(torch.linalg.matrix_norm(x))
-            layers[layer][m], norms[layer][m] = total.float(), norm_sum / len(ids)
-    description = {"experts": {str(k): ids for k, (ids, _) in sorted(choice.items())}}
-    return SourceFFN(layers=layers, expert_norms=norms, description=description)
-
-
-def selection_choice(selection: Selection | dict[str, Any], weighting: str = "selection"):
-    """source layer -> (expert ids, weights) of a selection; `uniform` weighting replaces its weights by 1/n."""
-    records = selection.to_dict()["layers"] if isinstance(selection, Selection) else selection["layers"]
-    choice = {}
-    for record in records:
-        ids = [int(e) for e in record["experts"]]
-        weights = [1.0 / len(ids)] * len(ids) if weighting == "uniform" else [float(w) for w in record["weights"]]
-        total = sum(weights)
-        choice[int(record["layer"])] = (ids, [w / total for w in weights])
-    return choice
+from xpert_pl.initializers.shared import (
+    Collapse,
+    analysis_source,
+    average_experts,
+    checked_source,
+    collapse_bank,
+    load_analysis,
+    selection_choice,
+)
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
 
 
 class ReselectedBankInit(FFNTransferInit):
@@ -150,10 +89,7 @@ class RandomExpertsInit(ReselectedBankInit):
         seed: int = 0,
         consolidator: TuckerConsolidator | None = None,
         collapse: Collapse = "uniform",
-        rescale: RescaleMode = "expert_norm",
-        depth_strategy: DepthStrategy = "uniform",
-        neuron_selection: NeuronSelection = "energy",
-        wider_ffn: WiderFFN = "scratch",
+        transfer: FFNTransfer = FFNTransfer(),
         trust_remote_code: bool = False,
     ):
         """
@@ -165,13 +101,9 @@ class RandomExpertsInit(ReselectedBankInit):
             consolidator: Tucker settings (None: the defaults of `xpert extract`).
             collapse: expert weights of the collapse: `uniform` (random experts have no meaningful frequency
                 weights) or `frequency`.
-            rescale: as `XpertInit.rescale`.
-            depth_strategy: as `XpertInit.depth_strategy`.
-            neuron_selection: as `XpertInit.neuron_selection`.
-            wider_ffn: as `XpertInit.wider_ffn`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`.
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
         """
-        transfer = FFNTransfer(rescale, depth_strategy, neuron_selection, wider_ffn)
         super().__init__(source, analysis, n, consolidator, collapse, transfer, trust_remote_code)
         self.seed = seed
 
@@ -189,10 +121,7 @@ class RareExpertsInit(ReselectedBankInit):
         n: int | None = None,
         consolidator: TuckerConsolidator | None = None,
         collapse: Collapse = "frequency",
-        rescale: RescaleMode = "expert_norm",
-        depth_strategy: DepthStrategy = "uniform",
-        neuron_selection: NeuronSelection = "energy",
-        wider_ffn: WiderFFN = "scratch",
+        transfer: FFNTransfer = FFNTransfer(),
         trust_remote_code: bool = False,
     ):
         """
@@ -202,13 +131,9 @@ class RareExpertsInit(ReselectedBankInit):
             n: experts per layer (None: the same n as XPERT's selection).
             consolidator: Tucker settings (None: the defaults of `xpert extract`).
             collapse: expert weights of the collapse: `frequency` or `uniform`.
-            rescale: as `XpertInit.rescale`.
-            depth_strategy: as `XpertInit.depth_strategy`.
-            neuron_selection: as `XpertInit.neuron_selection`.
-            wider_ffn: as `XpertInit.wider_ffn`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`.
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
         """
-        transfer = FFNTransfer(rescale, depth_strategy, neuron_selection, wider_ffn)
         super().__init__(source, analysis, n, consolidator, collapse, transfer, trust_remote_code)
 
     def selector(self, n: int) -> ExpertSelector:
@@ -223,10 +148,7 @@ class FullExpertsInit(FFNTransferInit):
         source: str,
         selection: str,
         weighting: Literal["selection", "uniform"] = "selection",
-        rescale: RescaleMode = "expert_norm",
-        depth_strategy: DepthStrategy = "uniform",
-        neuron_selection: NeuronSelection = "energy",
-        wider_ffn: WiderFFN = "scratch",
+        transfer: FFNTransfer = FFNTransfer(),
         trust_remote_code: bool = False,
     ):
         """
@@ -234,29 +156,28 @@ class FullExpertsInit(FFNTransferInit):
             source: the source MoE (local HF directory, read by key, or a hub id when online).
             selection: `selection.json` written by `xpert analyze` (the experts XPERT decomposes).
             weighting: `selection` (its routing-frequency weights) or `uniform`.
-            rescale: as `XpertInit.rescale`.
-            depth_strategy: as `XpertInit.depth_strategy`.
-            neuron_selection: as `XpertInit.neuron_selection`.
-            wider_ffn: as `XpertInit.wider_ffn`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`.
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
         """
         if weighting not in ("selection", "uniform"):
             raise ValueError(f"weighting must be 'selection' or 'uniform', got '{weighting}'")
-        super().__init__(FFNTransfer(rescale, depth_strategy, neuron_selection, wider_ffn))
+        super().__init__(transfer)
         self.source, self.selection, self.weighting = source, selection, weighting
         self.trust_remote_code = trust_remote_code
 
     def preflight(self) -> None:
-        if not Path(self.selection).is_file():
-            raise FileNotFoundError(f"selection '{self.selection}' not found; run `xpert analyze` first")
-        selection = Selection.load(self.selection).to_dict()
-        checked_source(self.source, selection, "selection", self.selection, self.trust_remote_code)
+        self._checked_selection()
 
-    def source_ffn(self, num_target_layers: int) -> SourceFFN:
+    def _checked_selection(self) -> tuple[Selection, Any]:
+        """The selection and the opened source, once the selection is shown to be made from that source."""
         if not Path(self.selection).is_file():
             raise FileNotFoundError(f"selection '{self.selection}' not found; run `xpert analyze` first")
         selection = Selection.load(self.selection)
         source = checked_source(self.source, selection.to_dict(), "selection", self.selection, self.trust_remote_code)
+        return selection, source
+
+    def source_ffn(self, num_target_layers: int) -> SourceFFN:
+        selection, source = self._checked_selection()
         ffn = average_experts(source, selection_choice(selection, self.weighting), progress=False)
         ffn.description = {
             "source": self.source,
@@ -274,23 +195,18 @@ class SingleExpertInit(FFNTransferInit):
         self,
         source: str,
         analysis: str,
-        rescale: RescaleMode = "none",
-        depth_strategy: DepthStrategy = "uniform",
-        neuron_selection: NeuronSelection = "energy",
-        wider_ffn: WiderFFN = "scratch",
+        transfer: FFNTransfer = FFNTransfer(rescale="none"),
         trust_remote_code: bool = False,
     ):
         """
         Args:
             source: the source MoE (local HF directory, read by key, or a hub id when online).
             analysis: directory written by `xpert analyze` (its routing counts rank the experts).
-            rescale: as `XpertInit.rescale` (`none` and `expert_norm` coincide for one expert).
-            depth_strategy: as `XpertInit.depth_strategy`.
-            neuron_selection: as `XpertInit.neuron_selection`.
-            wider_ffn: as `XpertInit.wider_ffn`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`, but `rescale: none` by default (the
+                expert as it is; `none` and `expert_norm` coincide for one expert).
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
         """
-        super().__init__(FFNTransfer(rescale, depth_strategy, neuron_selection, wider_ffn))
+        super().__init__(transfer)
         self.source, self.analysis, self.trust_remote_code = source, analysis, trust_remote_code
 
     def preflight(self) -> None:
