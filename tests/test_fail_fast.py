@@ -12,7 +12,7 @@ from safety_checks import refused, tree_digest
 
 # Imported at collection (as Lightning then is): its log handler binds to pytest's capture, not to one test's capsys
 # stream, which is closed by the time a later test logs.
-import xpert_pl.cli  # noqa: F401
+import xpert_pl.training.lightning_cli  # noqa: F401
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRETRAIN = str(CONFIGS / "pretrain" / "tiny.yaml")
