@@ -47,7 +47,7 @@ POSITIONAL = ("bench", "report")
 
 
 SUMMARIES = {
-    "fit": "train a model (LightningCLI: --config YAMLs, --print_config, --help)",
+    "fit": "train a model (LightningCLI: --config YAMLs; --print_config=comments documents every option)",
     "validate": "validate a model (LightningCLI)",
     "test": "test a model (LightningCLI)",
     "tokenizer": "train the byte-level BPE tokenizer on the corpus",
