@@ -11,6 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+# Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
+# to one test's capsys stream, which is closed by the time a later test logs.
+import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
+# to one test's capsys stream, which is closed by the time a later test logs.
+import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
