@@ -150,3 +150,12 @@ def test_configs_lists_the_shipped_yamls_with_their_command(capsys):
     assert lines[0] == f"shipped configs in {CONFIGS}:"
     assert any(line.split()[:3] == ["pretrain/tiny.yaml", "xpert", "fit"] for line in lines[1:])
     assert len(lines) - 1 == len(list(CONFIGS.rglob("*.yaml")))
+
+
+def test_lightning_messages_keep_their_bare_form_when_lightning_loads_late():
+    code = (
+        "from xpert_pl.cli import main\nmain(['configs'])\n"
+        "from lightning.pytorch.utilities import rank_zero_info\nrank_zero_info('GPU available: said plainly')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "GPU available: said plainly" in result.stderr.splitlines()

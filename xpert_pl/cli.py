@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
@@ -117,6 +117,19 @@ def main(argv: list[str] | None = None) -> None:
         if _is_sigterm(exit_):
             raise SystemExit(143) from None  # a run stopped by SIGTERM must not look successful
         raise
+
+
+def _configure_logging() -> None:
+    """INFO logs as `LEVEL name: message`; Lightning's loggers keep printing bare messages (fit's output)."""
+    if "lightning" not in sys.modules and not logging.getLogger().hasHandlers():
+        # What importing Lightning does while no handler exists: `xpert` used to import it before configuring
+        # logging, and now imports it only when a command needs it, so that is done here in its stead.
+        for name in ("lightning.fabric", "lightning.pytorch"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.INFO)
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _run(command: str, argv: list[str]) -> None:
