@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+# Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
+# to one test's capsys stream, which is closed by the time a later test logs.
+import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -69,3 +74,88 @@ def test_extract_without_selection_explains_the_order_of_steps(tmp_path, capsys)
         main(["extract", f"--model={tmp_path}", f"--selection={tmp_path / 'missing.json'}"])
     assert exc.value.code == 2
     assert "run `xpert analyze` first" in capsys.readouterr().err
+
+
+def _modules_loaded_by(argv: list[str], modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after `main(argv)` (its exit included)."""
+    code = (
+        "import sys\nfrom xpert_pl.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print('LOADED', *[m for m in {modules!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, check=True
+    )
+    return result.stdout.strip().splitlines()[-1].split()[1:]
+
+
+@pytest.mark.parametrize("argv", [["--help"], [], ["no-such-command"], ["report", "--help"], ["configs"]], ids=" ".join)
+def test_help_and_light_commands_import_neither_torch_nor_lightning(argv):
+    assert _modules_loaded_by(argv, ("torch", "lightning")) == []
+
+
+def test_bench_help_never_imports_lightning():
+    assert _modules_loaded_by(["bench", "run", "--help"], ("lightning",)) == []
+
+
+def test_every_command_is_summarised_in_the_help():
+    from xpert_pl import cli
+    from xpert_pl.training import lightning_cli
+
+    assert cli.LIGHTNING_COMMANDS == lightning_cli.LIGHTNING_COMMANDS
+    assert list(cli.SUMMARIES) == [*cli.LIGHTNING_COMMANDS, *cli.FUNCTION_COMMANDS]
+    assert cli.XpertCLI is lightning_cli.XpertCLI  # the old import path still works
+
+
+def _first_words(function, argument: str, count: int = 6) -> str:
+    """The first words of `argument`'s documentation in `function`'s docstring (so the test follows edits)."""
+    from docstring_parser import parse
+
+    params = {p.arg_name: p.description for p in parse(function.__doc__).params}
+    return " ".join(params[argument].split()[:count])
+
+
+def test_print_config_comments_documents_every_option(capsys):
+    from xpert_pl.initializers import XpertInit
+
+    methods = CONFIGS / "methods" / "xpert.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "pretrain" / "tiny.yaml"),
+                "--config",
+                str(methods),
+                "--print_config=comments",
+            ]
+        )
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # comments wrap long lines
+    assert "class_path: xpert_pl.initializers.XpertInit" in out
+    assert _first_words(XpertInit.__init__, "bank") in out and _first_words(XpertInit.__init__, "rescale") in out
+
+
+def test_function_command_print_config_comments(capsys):
+    from xpert_pl.report import write_report
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--print_config=comments"])
+    assert exc.value.code == 0
+    assert _first_words(write_report, "runs_dir") in " ".join(capsys.readouterr().out.split())
+
+
+def test_configs_lists_the_shipped_yamls_with_their_command(capsys):
+    main(["configs"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"shipped configs in {CONFIGS}:"
+    assert any(line.split()[:3] == ["pretrain/tiny.yaml", "xpert", "fit"] for line in lines[1:])
+    assert len(lines) - 1 == len(list(CONFIGS.rglob("*.yaml")))
+
+
+def test_lightning_messages_keep_their_bare_form_when_lightning_loads_late():
+    code = (
+        "from xpert_pl.cli import main\nmain(['configs'])\n"
+        "from lightning.pytorch.utilities import rank_zero_info\nrank_zero_info('GPU available: said plainly')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "GPU available: said plainly" in result.stderr.splitlines()

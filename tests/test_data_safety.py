@@ -16,7 +16,7 @@ import torch
 import yaml
 from safety_checks import refused, tiny_fit_args, tree_digest
 
-import xpert_pl.cli  # noqa: F401  (Lightning imported at collection: its log handler binds to pytest's capture)
+import xpert_pl.training.lightning_cli  # noqa: F401  (Lightning imported at collection: its log handler binds to pytest's capture)
 from xpert_pl.artifacts import ARTIFACT_FILE, atomic_directory, write_json
 from xpert_pl.cli import main
 from xpert_pl.errors import ConfigError

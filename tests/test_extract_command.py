@@ -6,6 +6,9 @@ import re
 
 import pytest
 
+# Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
+# to one test's capsys stream, which is closed by the time a later test logs.
+import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.bank import KnowledgeBank, TuckerConsolidator, format_plan, plan_extraction
 from xpert_pl.bank.extract import bank_file_bytes
 from xpert_pl.checkpoint import CheckpointExperts

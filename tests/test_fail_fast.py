@@ -12,7 +12,7 @@ from safety_checks import CONFIGS, PRETRAIN, refused, tiny_fit_args, tree_digest
 
 # Imported at collection (as Lightning then is): its log handler binds to pytest's capture, not to one test's capsys
 # stream, which is closed by the time a later test logs.
-import xpert_pl.cli  # noqa: F401
+import xpert_pl.training.lightning_cli  # noqa: F401
 
 
 @pytest.fixture

@@ -14,6 +14,10 @@ from safetensors.torch import load_file, save_file
 
 import xpert_pl.commands as commands
 import xpert_pl.models
+
+# Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
+# to one test's capsys stream, which is closed by the time a later test logs.
+import xpert_pl.training.lightning_cli
 from xpert_pl.bank import KnowledgeBank
 from xpert_pl.bank.store import BankIntegrityError
 from xpert_pl.bank.tucker import TuckerConsolidator

@@ -9,6 +9,10 @@ from safetensors.torch import load_file
 
 import xpert_pl.analysis.counter as counter
 import xpert_pl.bank.extract as extract_module
+
+# Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
+# to one test's capsys stream, which is closed by the time a later test logs.
+import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.cli import main
 from xpert_pl.resume import FinishedUnits, partial_directory
 

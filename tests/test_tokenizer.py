@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+# Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
+# to one test's capsys stream, which is closed by the time a later test logs.
+import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.cli import main
 from xpert_pl.errors import ConfigError
 from xpert_pl.paths import DataRootError, data_root

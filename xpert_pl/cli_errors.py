@@ -108,7 +108,7 @@ def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) 
     if "Problems parsing config" in text and (broken := _broken_yaml(argv)):
         text = broken
     hint = (
-        f" Every valid key, with its documentation: `xpert {command} --config <your yaml> --print_config` "
+        f" Every valid key, with its documentation: `xpert {command} --config <your yaml> --print_config=comments` "
         f"(or `xpert {command} --help`)."
     )
     match = re.search(r'Parser key "([^"]+)"', text)

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
+from xpert_pl.paths import config_dir as shipped_config_dir
 from xpert_pl.paths import data_root as resolve_data_root
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = shipped_config_dir()
 METHODS = {"scratch": "xpert_pl.initializers.ScratchInit", "xpert": "xpert_pl.initializers.XpertInit"}
 
 
@@ -39,7 +40,8 @@ def demo(
         student_steps: optimizer steps of each student.
         max_docs_per_domain: cap on documents per domain, to keep tokenisation short on a CPU.
         tokenizer_vocab_size: size of the byte-level BPE vocabulary trained on the corpus (the first stage).
-        config_dir: directory with `{source,pretrain,analyze,extract}/tiny.yaml` (default: the repo's configs/).
+        config_dir: directory with `{source,pretrain,analyze,extract}/tiny.yaml` (default: the shipped configs,
+            listed by `xpert configs`).
     """
     from xpert_pl.demo_report import write_demo_report
     from xpert_pl.tokenizer import META_FILE, train_tokenizer

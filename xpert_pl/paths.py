@@ -1,4 +1,5 @@
-"""Where data lives: the data root (XPERT_DATA_ROOT) and a small catalog of named datasets under it."""
+"""Where data and configs live: the data root (XPERT_DATA_ROOT), a small catalog of named datasets under it, and the
+shipped config YAMLs."""
 
 from __future__ import annotations
 
@@ -90,3 +91,35 @@ def corpus_domains(root: str | os.PathLike | None = None) -> dict[str, list[Path
     base = catalog_path("corpus", root)
     domains = {d.name: sorted(d.glob("*.jsonl")) for d in sorted(base.iterdir()) if d.is_dir()}
     return {name: files for name, files in domains.items() if files}
+
+
+def config_dir() -> Path:
+    """The shipped configs folder: `xpert_pl/configs` in an installed wheel, else the repository's `configs/`."""
+    here = Path(__file__).resolve().parent
+    installed = here / "configs"  # the wheel maps the repository's top-level configs/ to xpert_pl.configs
+    return installed if installed.is_dir() else here.parent / "configs"
+
+
+def shipped_configs(root: Path | None = None) -> list[tuple[str, str]]:
+    """(path relative to the configs folder, first comment line) of every config YAML, sorted by path."""
+    root = root or config_dir()
+    found = []
+    for path in sorted(root.rglob("*.yaml")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        first = next((line.lstrip("# ").rstrip() for line in lines[:1] if line.startswith("#")), "")
+        found.append((path.relative_to(root).as_posix(), first))
+    return found
+
+
+def list_configs() -> None:
+    """List the shipped config YAMLs with the command that runs each (their first comment line).
+
+    Names are relative to the configs folder printed first; pass `--config <folder>/<name>` when not running from
+    the repository.
+    """
+    root = config_dir()
+    configs = shipped_configs(root)
+    width = max((len(name) for name, _ in configs), default=0)
+    print(f"shipped configs in {root}:")
+    for name, command in configs:
+        print(f"  {name:<{width}}  {command}")

@@ -36,7 +36,6 @@ from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
-from xpert_pl.models import make_untrained_copy
 from xpert_pl.paths import data_root as resolve_data_root
 from xpert_pl.tokenizer import META_FILE, train_tokenizer
 
@@ -46,7 +45,14 @@ Launcher = Callable[[list[str], Path], int]
 CELL_FILE = "cell.json"
 XPERT = [sys.executable, "-m", "xpert_pl.cli"]
 # Imported once by the fork server, so each cell process starts with them loaded.
-PRELOAD = ["xpert_pl.cli", "xpert_pl.training", "xpert_pl.data", "xpert_pl.initializers", "xpert_pl.callbacks"]
+PRELOAD = [
+    "xpert_pl.cli",
+    "xpert_pl.training.lightning_cli",
+    "xpert_pl.training",
+    "xpert_pl.data",
+    "xpert_pl.initializers",
+    "xpert_pl.callbacks",
+]
 
 
 def artifact_overrides(method: Path, artifacts: dict[str, Path]) -> list[str]:
@@ -170,6 +176,8 @@ class MatrixRunner:
             )
         self._analysis_and_bank(stages, "", art["source"], self.shared)
         if self.uses_artifact("untrained_bank"):
+            from xpert_pl.models import make_untrained_copy  # transformers' model classes: only when needed
+
             copy = self.shared / "untrained" / "hf"
             stages.run(
                 "untrained copy", copy / "untrained.json", lambda: make_untrained_copy(str(art["source"]), str(copy))

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.artifacts import atomic_directory, atomic_path, check_replaceable
 from xpert_pl.report import appendix, sections
 from xpert_pl.report.analysis import Analysis
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
@@ -33,6 +32,9 @@ def write_report(
         The path of `report.md`.
     """
     runs = load_runs(runs_dir)
+    # Imported here: xpert_pl.artifacts loads torch, which `xpert report --help` and a wrong runs_dir never need.
+    from xpert_pl.artifacts import atomic_directory, check_replaceable
+
     out = Path(out_dir) if out_dir is not None else runs.root / "report"
     check_replaceable(out, "report")  # an existing folder is replaced only when it is an earlier report
     analysis = Analysis(runs)
@@ -76,6 +78,8 @@ def build_blocks(analysis: Analysis, figures: Path, layer_heatmaps: bool = False
 
 
 def _write_text(path: Path, text: str) -> None:
+    from xpert_pl.artifacts import atomic_path
+
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

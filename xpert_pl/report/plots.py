@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from xpert_pl.artifacts import atomic_path
-
 Curve = tuple[Sequence[float], Sequence[float]]
 
 
@@ -77,6 +75,8 @@ def _pyplot() -> Any:
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
+    from xpert_pl.artifacts import atomic_path  # loads torch: only when a figure is written
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -1,0 +1,194 @@
+"""LightningCLI behind `xpert fit/validate/test`: the configuration checked before anything is built, one run per
+run folder, and a parse-only mode that checks a configuration without building it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from xpert_pl.errors import ConfigError, raise_if_problems
+from xpert_pl.training.module import CausalLMModule
+from xpert_pl.training.warm_start import check_vocabularies
+
+# The subcommands `xpert` hands to LightningCLI (xpert_pl.cli.LIGHTNING_COMMANDS, kept there without importing this).
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+class XpertCLI(LightningCLI):
+    """LightningCLI that links the tokenizer's vocabulary and the domain names into the model, checks the whole
+    configuration before anything is loaded or tokenised, and keeps one run per run folder."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data", "model.vocab_size", compute_fn=lambda data: data.vocab_size, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data", "model.val_domains", compute_fn=lambda data: list(data.domain_names), apply_on="instantiate"
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="Replace a finished run in the run folder (it is kept aside until the new run completes).",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        raise_if_problems(config_problems(config))
+        if self.subcommand == "fit" and config.get("weights_only") is None:
+            # Resuming unpickles the checkpoint: only tensors and plain data unless the user vouches for the file.
+            config["weights_only"] = True
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a --ckpt_path file's hyperparameters while parsing: a damaged file must surface as the
+        # user's error, not a traceback from torch.load.
+        try:
+            super()._parse_ckpt_path()
+        except (OSError, RuntimeError, EOFError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(
+                [f"--ckpt_path '{path}' is corrupt or truncated ({reason}); resume from an earlier checkpoint"]
+            ) from err
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        tokenizer = getattr(self.datamodule, "tokenizer", None)
+        if tokenizer is not None and isinstance(self.model, CausalLMModule):
+            # Fail fast: fit loads the weights only later, in configure_model.
+            check_vocabularies(self.model.model_builder, self.model.hparams.init_checkpoint, tokenizer)
+
+    def before_fit(self) -> None:
+        if not _is_launching_process():
+            return  # a DDP worker started by rank 0, which already checked and locked the folder
+        from xpert_pl.training.checkpointing import checkpoint_problems
+        from xpert_pl.training.run_folder import RunFolder
+
+        config = self.config["fit"]
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        ckpt_path, weights_only = config.get("ckpt_path"), bool(config.get("weights_only", True))
+        self.run_folder = RunFolder(run_dir, resume=ckpt_path is not None, overwrite=bool(config.get("overwrite")))
+        check_sources = getattr(self.datamodule, "check_sources", None)
+        if check_sources is not None:
+            check_sources()  # bad data files are named before anything is written or tokenised
+        self.model.preflight()  # banks, analyses, teachers: validated before anything is written or tokenised
+        model = _meta_model(self.model)
+        problems = self.run_folder.problems()
+        problems += _shape_problems(model, self.datamodule)
+        problems += checkpoint_problems(ckpt_path, _checkpoint_dir(self.trainer, run_dir), model, weights_only)
+        raise_if_problems(problems)
+        self.run_folder.acquire()
+        self.trainer.callbacks.append(self.run_folder)  # lets the lock go if the run fails
+
+    def after_fit(self) -> None:
+        folder = getattr(self, "run_folder", None)
+        if folder is not None:
+            folder.release(completed=not self.trainer.interrupted)
+
+
+def config_problems(config) -> list[str]:
+    """Problems a fit/validate/test configuration shows before any class is built."""
+    problems = []
+    ckpt_path = config.get("ckpt_path")
+    model, data, trainer = config.get("model") or {}, config.get("data") or {}, config.get("trainer") or {}
+    init_checkpoint = model.get("init_checkpoint")
+    if ckpt_path and init_checkpoint:
+        problems.append(
+            f"both --ckpt_path ({ckpt_path}) and --model.init_checkpoint ({init_checkpoint}) are set: "
+            "--ckpt_path resumes an interrupted run (weights, optimizer, step, data position); "
+            "--model.init_checkpoint starts a new run from those weights. Drop one of them."
+        )
+    checks = {
+        "model.learning_rate": (model.get("learning_rate"), lambda v: v > 0, "> 0"),
+        "model.weight_decay": (model.get("weight_decay"), lambda v: v >= 0, ">= 0"),
+        "model.warmup_steps": (model.get("warmup_steps"), lambda v: v >= 0, ">= 0"),
+        "data.init_args.batch_size": (_init_arg(data, "batch_size"), lambda v: v >= 1, ">= 1"),
+        "data.init_args.block_size": (_init_arg(data, "block_size"), lambda v: v >= 2, ">= 2"),
+        "trainer.max_steps": (trainer.get("max_steps"), lambda v: v >= 1 or v == -1, ">= 1 (or -1: no limit)"),
+    }
+    for key, (value, ok, rule) in checks.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and not ok(value):
+            problems.append(f"--{key} must be {rule}, got {value}")
+    return problems
+
+
+def _init_arg(group, name: str):
+    init_args = group.get("init_args") if hasattr(group, "get") else None
+    return init_args.get(name) if init_args is not None and hasattr(init_args, "get") else None
+
+
+def _is_launching_process() -> bool:
+    """True in the process the user started (Lightning sets LOCAL_RANK/NODE_RANK in the workers it launches)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _meta_model(module):
+    """The run's model built on the meta device (shapes only, no memory), or None when it cannot be built so."""
+    import torch
+
+    builder = getattr(module, "model_builder", None)
+    if builder is None or not hasattr(builder, "config"):
+        return None  # e.g. a model loaded from disk: its checks happen when it loads
+    with torch.device("meta"):
+        return builder.build(module.hparams.vocab_size)
+
+
+def _shape_problems(model, datamodule) -> list[str]:
+    """The student's attention heads must divide its hidden size, and a data block must fit its positions."""
+    if model is None:
+        return []
+    config, problems = model.config, []
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    if hidden % heads:
+        problems.append(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}; change either")
+    hparams = getattr(datamodule, "hparams", {})
+    block = hparams.get("block_size") or hparams.get("max_length")
+    positions = getattr(config, "max_position_embeddings", None)
+    if block and positions and block > positions:
+        problems.append(
+            f"data block size {block} exceeds the model's max_position_embeddings {positions}; lower "
+            "--data.init_args.block_size or raise the model's max_position_embeddings"
+        )
+    return problems
+
+
+def _checkpoint_dir(trainer, run_dir: Path) -> Path:
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    return Path(dirpath) if dirpath else run_dir / "checkpoints"
+
+
+class _ParseOnlyCLI(XpertCLI):
+    """Parses and checks a configuration (types, class paths, values) without building any of its classes."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def run_lightning_cli(args: list[str], run: bool = True, parse_only: bool = False) -> XpertCLI:
+    """Run (or, with run=False, only build: the subcommand is then dropped) the LightningCLI for `args`;
+    `parse_only` checks the configuration and builds nothing (nothing is loaded, tokenised or written)."""
+    from lightning import LightningDataModule
+
+    run = run and not parse_only
+    if not run and args and args[0] in LIGHTNING_COMMANDS:
+        args = args[1:]
+    # `xpert` passes its own argv on purpose; Lightning would warn that sys.argv holds the same arguments.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    from xpert_pl.training.checkpointing import AtomicCheckpointIO, InterruptCheckpoint
+
+    cli_class = _ParseOnlyCLI if parse_only else XpertCLI
+    return cli_class(
+        CausalLMModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        trainer_defaults={"callbacks": [InterruptCheckpoint()], "plugins": [AtomicCheckpointIO()]},
+        # The run folder is guarded in before_fit: config.yaml is rewritten only for a resumed or overwritten run.
+        save_config_kwargs={"overwrite": True},
+        # Errors reach `main` as exceptions, which it reports in one paragraph with the fix.
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
+    )
