@@ -60,6 +60,7 @@ def refused(capsys, argv: list[str], *fragments: str) -> str:
     err = capsys.readouterr().err
     assert exc.value.code == 2, err[-3000:]
     assert "Traceback" not in err
+    assert "Does not validate against any" not in err, "jsonargparse's report of the types it tried leaked out"
     for fragment in fragments:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
     return err

@@ -132,7 +132,9 @@ def test_print_config_comments_documents_every_option(capsys):
     assert exc.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # comments wrap long lines
     assert "class_path: xpert_pl.initializers.XpertInit" in out
-    assert _first_words(XpertInit.__init__, "bank") in out and _first_words(XpertInit.__init__, "rescale") in out
+    assert _first_words(XpertInit.__init__, "bank") in out and _first_words(XpertInit.__init__, "transfer") in out
+    # The nested adaptation options are documented from FFNTransfer's attribute docstrings.
+    assert "Frobenius norm given to each transferred matrix" in out
 
 
 def test_function_command_print_config_comments(capsys):

@@ -63,8 +63,20 @@ def explain(err: BaseException, command: str, argv: list[str]) -> str | None:
             "folder you can write (--out_dir / --trainer.logger.init_args.save_dir) and re-run."
         )
     if isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
-        return str(err)
+        return _raised_by_a_class(str(err)) or str(err)
     return None
+
+
+def _raised_by_a_class(text: str) -> str | None:
+    """The user error a class raised while jsonargparse built it, without jsonargparse's report of the union of
+    types it tried (`Does not validate against any of the Union subtypes ... Errors: - <the error> - ...`)."""
+    if "Does not validate against any of the Union subtypes" not in text:
+        return None
+    found = re.search(r"Errors:\n\s*- (.+?)\n\s*- Expected a <class 'NoneType'>", text, re.S)
+    if found is None or found.group(1).lstrip().startswith(("Problem with given class_path", "Expected a")):
+        return None
+    message = re.sub(r"\n\s*", " ", found.group(1)).strip()
+    return re.split(r" - (?:Not a valid subclass|Expected a )", message)[0]
 
 
 def config_files(argv: list[str]) -> list[str]:
@@ -118,6 +130,10 @@ def _argument_error(err: argparse.ArgumentError, command: str, argv: list[str]) 
         return f"{unwrapped}\n{hint.strip()}"
     if (moved := _moved_transfer_option(text, key)) is not None:
         return f"{moved}\n{hint.strip()}"
+    owner = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*Option '([^']+)' is not accepted", text)
+    if owner is not None and key:  # a known class, an argument it does not have (a typo, or another class's)
+        problem = f"--{key}.init_args.{owner.group(2)}: {owner.group(1)} has no argument '{owner.group(2)}'."
+        return f"{problem}\n{hint.strip()}"
     if "class_path" in text or "import path" in text.lower():
         problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
         missing = problem and re.search(r"has no attribute|No module named|not a subclass", problem.group(2))
