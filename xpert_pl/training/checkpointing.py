@@ -16,6 +16,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from xpert_pl.artifacts import normal_permissions
+
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
@@ -39,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
+            normal_permissions(tmp)  # mkstemp makes it owner-only
             os.replace(tmp, path)
         except OSError as err:
             if err.errno == errno.ENOSPC:
@@ -48,12 +50,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _is_interrupt(exception: BaseException) -> bool:
