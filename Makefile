@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/xpert demo --config configs/demo.yaml
+	$(BIN)/xpert bench run configs/bench/demo.yaml
+	$(BIN)/xpert report runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

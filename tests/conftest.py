@@ -190,16 +190,21 @@ def tiny_untrained_bank(tiny_source_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank, tiny_untrained_bank) -> dict[str, Path]:
-    """What method YAMLs point at under runs/, by argument name, built tiny (see tests/test_configs.py)."""
-    return {
-        "bank": tiny_bank,
-        "source": tiny_source_dir,
-        "teacher": tiny_source_dir,
-        "analysis": tiny_analysis_dir,
-        "selection": tiny_analysis_dir / "selection.json",
-        "untrained_bank": tiny_untrained_bank,
-    }
+def tiny_layout(tmp_path_factory, tiny_source_dir, tiny_analysis_dir, tiny_bank, tiny_untrained_bank):
+    """A runs folder (`RunLayout`) whose shared artifacts are the tiny ones, for binding method YAMLs (see
+    tests/test_configs.py); control banks are absent (those controls then build theirs in memory)."""
+    from xpert_pl.layout import RunLayout
+
+    layout = RunLayout(tmp_path_factory.mktemp("layout"))
+    for link, target in (
+        (layout.source_hf, tiny_source_dir),
+        (layout.analysis, tiny_analysis_dir),
+        (layout.bank, tiny_bank),
+        (layout.untrained_bank, tiny_untrained_bank),
+    ):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+    return layout
 
 
 @pytest.fixture
@@ -208,3 +213,16 @@ def no_expensive_work(monkeypatch):
     from safety_checks import forbid_expensive_work
 
     forbid_expensive_work(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_artifacts(tiny_source_dir, tiny_analysis_dir, tiny_bank, tiny_untrained_bank) -> dict[str, Path]:
+    """The tiny artifacts by the argument names initializers give them (to build an initializer directly)."""
+    return {
+        "bank": tiny_bank,
+        "source": tiny_source_dir,
+        "teacher": tiny_source_dir,
+        "analysis": tiny_analysis_dir,
+        "selection": tiny_analysis_dir / "selection.json",
+        "untrained_bank": tiny_untrained_bank,
+    }

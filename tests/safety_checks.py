@@ -21,7 +21,7 @@ EXPENSIVE = {
         "xpert_pl.data.pretrain.PretrainDataModule._packed",
         "xpert_pl.data.pretrain.PretrainDataModule._stream",
     ],
-    "model loading": ["xpert_pl.commands.load_causal_lm", "transformers.AutoModelForCausalLM.from_pretrained"],
+    "model loading": ["xpert_pl.pipeline.steps.load_causal_lm", "transformers.AutoModelForCausalLM.from_pretrained"],
     "counting": ["xpert_pl.analysis.counter.count_activations"],
     "decomposing": ["xpert_pl.bank.tucker.TuckerConsolidator.decompose"],
     "model building": ["xpert_pl.training.module.CausalLMModule.configure_model"],

@@ -143,7 +143,7 @@ def test_tokenizer_that_does_not_match_the_source(tiny_source_dir, tiny_data_roo
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the tokenizer was checked")
 
-    monkeypatch.setattr("xpert_pl.commands.load_causal_lm", never)
+    monkeypatch.setattr("xpert_pl.pipeline.steps.load_causal_lm", never)
     argv = ["analyze", f"--model={tiny_source_dir}", f"--data.tokenizer={_other_tokenizer(tmp_path / 'tok')}"]
     argv += [
         f"--data.data_root={tiny_data_root}",

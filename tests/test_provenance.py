@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import xpert_pl.commands as commands
 import xpert_pl.models
+import xpert_pl.pipeline.steps as commands
 
 # Lightning imported at collection (xpert_pl.cli does not load it): its log handler binds to pytest's capture, not
 # to one test's capsys stream, which is closed by the time a later test logs.

@@ -48,12 +48,19 @@ def _install(wheel: Path, venv: Path) -> Path:
     return venv / "bin"
 
 
-def test_installed_wheel_runs_demo_help_and_lists_its_configs(tmp_path):
+def test_installed_wheel_finds_the_demo_matrix_and_lists_its_configs(tmp_path):
     bin_dir = _install(_build_wheel(tmp_path), tmp_path / "venv")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    assert "--config_dir" in _check([bin_dir / "xpert", "demo", "--help"], cwd=elsewhere, env=env)
+    # `xpert bench run configs/bench/demo.yaml` from any folder: the matrix and the configs it names are shipped.
+    script = "from xpert_pl.experiments.matrix import load_matrix; m = load_matrix('configs/bench/demo.yaml'); "
+    script += "print(m.source.config); print(m.methods['xpert'])"
+    found = _check([bin_dir / "python", "-c", script], cwd=elsewhere, env=env).split()
+    assert [Path(p).relative_to(tmp_path / "venv").parts[-3:] for p in found] == [
+        ("configs", "source", "tiny.yaml"),
+        ("configs", "methods", "xpert.yaml"),
+    ]
     header, *rows = _check([bin_dir / "xpert", "configs"], cwd=elsewhere, env=env).splitlines()
     folder = Path(header.removeprefix("shipped configs in ").removesuffix(":"))
     assert folder.is_relative_to(tmp_path / "venv") and folder.parts[-2:] == ("xpert_pl", "configs")

@@ -1,12 +1,12 @@
-"""The `xpert` command: `fit`/`validate`/`test` through LightningCLI; `tokenizer`, `analyze`, `extract`, `demo`,
-`bench`, `report`, `configs` as functions. Each command imports only what it needs, so help starts at once.
+"""The `xpert` command: `fit`/`validate`/`test` through LightningCLI; `tokenizer`, `analyze`, `extract`, `bench`,
+`report`, `configs` wrap the pipeline's functions (`xpert_pl.pipeline`). Each command imports only what it needs,
+so help starts at once.
 
 Examples:
     xpert tokenizer --out_dir runs/tokenizer --vocab_size 4096
     xpert fit --config configs/pretrain/tiny.yaml --config configs/methods/xpert.yaml
     xpert analyze --config configs/analyze/tiny.yaml
     xpert extract --config configs/extract/tiny.yaml
-    xpert demo
     xpert bench run configs/bench/quick.yaml
     xpert report runs/bench-quick
     xpert configs
@@ -33,9 +33,8 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 # `xpert --help`, an unknown command and `xpert report` never pay for torch and Lightning.
 FUNCTION_COMMANDS: dict[str, str | dict[str, str]] = {
     "tokenizer": "xpert_pl.tokenizer:train_tokenizer",
-    "analyze": "xpert_pl.commands:analyze",
-    "extract": "xpert_pl.commands:extract",
-    "demo": "xpert_pl.demo:demo",
+    "analyze": "xpert_pl.pipeline.steps:analyze",
+    "extract": "xpert_pl.pipeline.steps:extract",
     "bench": {"run": "xpert_pl.experiments.runner:bench_run"},
     "report": "xpert_pl.report:write_report",
     "untrained-source": "xpert_pl.models:make_untrained_copy",
@@ -53,8 +52,7 @@ SUMMARIES = {
     "tokenizer": "train the byte-level BPE tokenizer on the corpus",
     "analyze": "count expert routing per layer and domain; select the common experts",
     "extract": "Tucker-decompose the selected experts into the knowledge bank",
-    "demo": "the whole experiment at CPU scale, every stage cached",
-    "bench": "run an experiment matrix (`xpert bench run <matrix yaml>`)",
+    "bench": "run an experiment matrix (`xpert bench run configs/bench/demo.yaml`: the demo)",
     "report": "statistics, plots and provenance of a bench runs directory",
     "untrained-source": "an untrained copy of a source model (a control)",
     "configs": "list the shipped config YAMLs and the command that runs each",

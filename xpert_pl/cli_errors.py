@@ -10,7 +10,10 @@ import inspect
 import itertools
 import pickle
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from xpert_pl.errors import ConfigError
 
@@ -195,6 +198,17 @@ def _unpickling_error(err: pickle.UnpicklingError, argv: list[str]) -> str:
         "If you made this file yourself and trust it, pass --weights_only=false (resuming) or re-export it as "
         "safetensors (warm start)."
     )
+
+
+def run_reporting_errors(step: Callable[[], Any], command: str) -> Any:
+    """Run a pipeline step as `xpert <command>` would: a user error prints its one paragraph to stderr and exits
+    with status 2; a bug keeps its traceback."""
+    try:
+        return step()
+    except Exception as err:
+        if not report(err, command, [], sys.stderr):
+            raise
+        raise SystemExit(2) from None
 
 
 def report(err: BaseException, command: str, argv: list[str], stream) -> bool:

@@ -87,3 +87,24 @@ def test_write_analysis_without_plots_writes_no_figures(random_counts, tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert set(manifest["files"]) == {"counts.safetensors", "counts.json", "selection.json"}
     assert not (tmp_path / "heatmaps").exists() and selection.strategy == "top_frequency"
+
+
+def test_every_layer_heatmap_shares_one_linear_colour_scale(random_counts, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from xpert_pl.analysis import plots
+
+    norms = []
+    original = matplotlib.axes.Axes.imshow
+
+    def recording(self, values, *args, **kwargs):
+        norms.append(kwargs["norm"])
+        return original(self, values, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", recording)
+    counts = random_counts(layers=3, experts=8)
+    plots.plot_layer_heatmaps(counts, tmp_path)
+    layer_norms = norms[:-1]  # the last figure is the consistency grid, with its own scale
+    shares = (counts.frequency() * counts.num_experts).numpy()
+    assert len(layer_norms) == 3 and {(n.vmin, n.vmax) for n in layer_norms} == {(0.0, max(2.0, float(shares.max())))}
+    assert all(type(n).__name__ == "Normalize" for n in norms)  # linear, not TwoSlopeNorm/LogNorm

@@ -190,7 +190,7 @@ def test_every_strategy_builds_from_a_class_path(class_path, init_args):
 
 
 def test_strategy_yamls_build_on_the_tiny_analyze_config(tiny_data_root, tiny_tokenizer_dir, tmp_path):
-    from xpert_pl import commands
+    from xpert_pl.pipeline import steps as commands
 
     assert {p.stem for p in STRATEGY_YAMLS} == {
         "consistent",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from xpert_pl.experiments.matrix import load_matrix
-from xpert_pl.experiments.runner import XPERT, MatrixRunner, artifact_overrides, run_forked
+from xpert_pl.experiments.runner import FitCall, MatrixRunner, run_forked
+from xpert_pl.layout import Artifact
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,17 +36,16 @@ def write_matrix(
 
 
 class FakeLauncher:
-    """Records commands; exits with `status` and writes the marker a successful fit would leave."""
+    """Records the calls; exits with `status` and writes the marker a successful fit would leave."""
 
     def __init__(self, status: int = 0):
-        self.status, self.commands = status, []
+        self.status, self.calls = status, []
 
-    def __call__(self, command: list[str], log_file: Path) -> int:
-        self.commands.append(command)
-        save_dir = next(a.split("=", 1)[1] for a in command if a.startswith("--trainer.logger.init_args.save_dir="))
+    def __call__(self, call: FitCall, log_file: Path) -> int:
+        self.calls.append(call)
         if self.status == 0:
-            (Path(save_dir) / "hf").mkdir(parents=True, exist_ok=True)
-            (Path(save_dir) / "hf" / "config.json").write_text("{}")
+            (call.run_dir / "hf").mkdir(parents=True, exist_ok=True)
+            (call.run_dir / "hf" / "config.json").write_text("{}")
         return self.status
 
 
@@ -65,11 +64,11 @@ def test_finished_cells_are_skipped_and_interrupted_ones_resume(runner):
     last.parent.mkdir(parents=True)
     last.write_bytes(b"")
     assert [runner.run_cell(c) for c in (done, interrupted, fresh)] == ["skipped", "done", "done"]
-    resumed, started = runner.launch.commands
-    assert resumed[-1] == f"--ckpt_path={last}" and not any(a.startswith("--ckpt_path") for a in started)
+    resumed, started = runner.launch.calls
+    assert resumed.resume and not resumed.overwrite and not started.resume and started.overwrite
     record = json.loads((fresh.directory(runner.matrix.out_dir) / "cell.json").read_text())
     assert record["status"] == "done" and record["method"] == fresh.method and record["steps"] == fresh.steps
-    assert runner.run_cell(fresh) == "skipped" and len(runner.launch.commands) == 2
+    assert runner.run_cell(fresh) == "skipped" and len(runner.launch.calls) == 2
 
 
 def test_a_failed_cell_is_recorded_and_rerun_later(runner):
@@ -82,27 +81,40 @@ def test_a_failed_cell_is_recorded_and_rerun_later(runner):
     assert runner.run_cell(cell) == "done"
 
 
-def test_commands_point_methods_at_the_shared_artifacts(runner):
+def test_calls_point_methods_at_the_shared_artifacts(runner):
     xpert = next(c for c in runner.matrix.cells() if c.method == "xpert")
-    command = runner.pretrain_command(xpert)
-    assert f"--model.initializer.init_args.bank={runner.shared / 'bank'}" in command
-    assert "--seed_everything=0" in command and "--data.init_args.seed=0" in command
-    assert f"--trainer.max_steps={xpert.steps}" in command
-    overrides = artifact_overrides(REPO / "configs" / "methods" / "xpert_attention.yaml", runner.artifacts())
-    assert overrides == [
-        f"--model.initializer.init_args.base.init_args.bank={runner.shared / 'bank'}",
-        f"--model.initializer.init_args.source={runner.matrix.source_hf}",
-    ]
+    call = runner.pretrain_call(xpert)
+    assert call.config["model"]["initializer"]["init_args"]["bank"] == str(runner.layout.bank)
+    assert call.config["seed_everything"] == 0 and call.config["data"]["init_args"]["seed"] == 0
+    assert call.config["trainer"]["max_steps"] == xpert.steps
+    assert call.run_dir == runner.layout.cell("2l", xpert.budget, "xpert", 0)
+    runner.matrix.methods["xpert_attention"] = REPO / "configs" / "methods" / "xpert_attention.yaml"
+    spec = runner.method_config("xpert_attention")["model"]["initializer"]
+    assert spec["init_args"]["base"]["init_args"]["bank"] == str(runner.layout.bank)
+    assert spec["init_args"]["source"] == str(runner.matrix.source_hf)
 
 
-def test_the_untrained_source_stages_run_only_when_a_method_needs_them(runner, tmp_path):
-    assert not runner.uses_artifact("untrained_bank")
+def test_every_artifact_argument_is_an_argument_of_its_class():
+    import inspect
+
+    import xpert_pl.initializers as initializers
+    from xpert_pl.training import objectives
+
+    classes = [getattr(initializers, n) for n in initializers.__all__] + [objectives.DistillationObjective]
+    declared = [(cls, arg) for cls in classes for arg in getattr(cls, "artifacts", {})]
+    assert len(declared) >= 15
+    for cls, arg in declared:
+        assert arg in inspect.signature(cls.__init__).parameters, f"{cls.__name__}.artifacts names '{arg}'"
+
+
+def test_the_untrained_source_stages_run_only_when_a_method_needs_them(runner):
+    assert not runner.needs(Artifact.UNTRAINED_BANK)
     runner.matrix.methods["untrained_source"] = REPO / "configs" / "methods" / "untrained_source.yaml"
-    assert runner.uses_artifact("untrained_bank")
+    assert runner.needs(Artifact.UNTRAINED_BANK)
     cell = next(c for c in runner.matrix.cells() if c.method == "scratch")
     control = type(cell)(cell.scale, cell.budget, "untrained_source", cell.seed, cell.steps)
-    override = f"--model.initializer.init_args.untrained_bank={runner.shared / 'untrained' / 'bank'}"
-    assert override in runner.pretrain_command(control)
+    init_args = runner.pretrain_call(control).config["model"]["initializer"]["init_args"]
+    assert init_args["untrained_bank"] == str(runner.layout.untrained_bank)
 
 
 def test_a_real_tiny_matrix_runs_then_skips_everything(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir):
@@ -123,13 +135,12 @@ def test_a_real_tiny_matrix_runs_then_skips_everything(tmp_path, tiny_data_root,
     assert runner.run(path) == {"skipped": 2}
 
 
-def test_forked_xpert_commands_log_their_output_and_return_the_exit_status(tmp_path):
+def test_a_forked_call_logs_its_output_and_returns_the_exit_status(tmp_path):
     log_file = tmp_path / "cell" / "run.log"
-    assert run_forked([*XPERT, "bench", "run", str(tmp_path / "missing.yaml")], log_file) == 2
-    assert "not found" in log_file.read_text()  # the child's stderr, appended to the log
-    assert run_forked([*XPERT, "--help"], log_file) == 0
-    assert "commands:" in log_file.read_text() and "not found" in log_file.read_text()
-    assert run_forked([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "other.log") == 3  # not xpert
+    bad = FitCall({"trainer": {"max_steps": 0}}, tmp_path / "run")
+    assert run_forked(bad, log_file) == 2
+    assert "xpert fit: error:" in log_file.read_text()  # the child's stderr, one paragraph, appended to the log
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_tokenizer_is_trained_as_the_first_shared_stage(tmp_path, tiny_data_root, tiny_source_dir, monkeypatch):
@@ -141,9 +152,9 @@ def test_the_tokenizer_is_trained_as_the_first_shared_stage(tmp_path, tiny_data_
     monkeypatch.setattr(MatrixRunner, "_analysis_and_bank", lambda *args: None)
     assert "tokenizer" in runner.run_shared()
     tokenizer = runner.shared / "tokenizer"
-    assert runner.data_settings()["tokenizer"] == tokenizer
+    assert runner.data_settings()["tokenizer"] == str(tokenizer)
     meta = json.loads((tokenizer / "xpert_tokenizer.json").read_text())
     assert meta["settings"] == {"vocab_size": 300, "max_chars_per_domain": 5000}
     assert meta["domains"] == ["code", "law", "news"]
-    assert "tokenizer_vocab_size" not in " ".join(runner.pretrain_command(runner.matrix.cells()[0]))
+    assert "tokenizer_vocab_size" not in runner.pretrain_call(runner.matrix.cells()[0]).config["data"]["init_args"]
     assert runner.run_shared()["tokenizer"] == 0.0  # cached

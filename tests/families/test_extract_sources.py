@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import xpert_pl.commands as commands
 import xpert_pl.models
+import xpert_pl.pipeline.steps as commands
 from xpert_pl.bank import KnowledgeBank, TuckerConsolidator, extract_bank
 from xpert_pl.checkpoint import CheckpointExperts
 from xpert_pl.provenance import source_fingerprint, source_record

@@ -132,6 +132,28 @@ def test_random_experts_is_the_seeded_random_selection_of_xperts_size(tiny_sourc
     assert again.details["experts"] == reports[0].details["experts"]
 
 
+def test_a_staged_control_bank_gives_the_same_student_and_another_bank_is_refused(
+    tiny_source_dir, tiny_analysis_dir, tiny_bank, vocab, tmp_path
+):
+    from xpert_pl.errors import ConfigError
+
+    args = (str(tiny_source_dir), str(tiny_analysis_dir))
+    in_memory = RandomExpertsInit(*args, seed=1, consolidator=FAST)
+    in_memory.build_bank().save(tmp_path / "bank")  # what `xpert bench run` does once, as a stage
+    expected, staged = student(vocab), student(vocab)
+    in_memory.initialize(expected)
+    RandomExpertsInit(*args, seed=1, consolidator=FAST, bank=str(tmp_path / "bank")).initialize(staged)
+    for name, tensor in expected.state_dict().items():  # the saved bank holds float32 factors of a float64 HOOI
+        torch.testing.assert_close(staged.state_dict()[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+    for other in (
+        RandomExpertsInit(*args, seed=2, consolidator=FAST, bank=str(tmp_path / "bank")),
+        RareExpertsInit(*args, consolidator=FAST, bank=str(tmp_path / "bank")),
+        RandomExpertsInit(*args, seed=1, bank=str(tmp_path / "bank")),
+    ):  # other Tucker settings
+        with pytest.raises(ConfigError, match="another selection or other Tucker settings"):
+            other.preflight()
+
+
 def test_rare_experts_are_the_least_frequent(tiny_source_dir, tiny_analysis_dir, vocab):
     report = RareExpertsInit(str(tiny_source_dir), str(tiny_analysis_dir), n=3, consolidator=FAST).initialize(
         student(vocab)

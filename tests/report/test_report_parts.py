@@ -125,3 +125,14 @@ def test_seed_band_averages_seeds_on_shared_steps():
     assert low.tolist() == pytest.approx([4.0, 3.5, 3.0, 2.0]) and high.tolist() == pytest.approx(
         [5.0, 4.0, 11 / 3, 3.0]
     )
+
+
+def test_every_method_of_a_large_matrix_has_its_own_colour_and_line_style():
+    from xpert_pl.report.plots import method_styles
+
+    methods = ["scratch", "xpert", *[f"control_{i}" for i in range(26)]]
+    styles = method_styles(methods)
+    looks = [(colour, str(dash)) for colour, dash, _ in styles.values()]
+    assert len(set(looks)) == len(methods) == 28
+    assert styles["scratch"][:2] == ("black", "-") and styles["xpert"][:2] == ("#d62728", "-")
+    assert method_styles(["xpert", "norm_matched_scratch"])["norm_matched_scratch"][0] != styles["xpert"][0]

@@ -21,6 +21,7 @@ from xpert_pl.analysis.selection import ExpertSelector, Selection
 from xpert_pl.artifacts import atomic_path
 
 HIGHLIGHT = "#d62728"
+SCALE = "viridis"  # sequential, perceptually uniform, readable in grey and by colour-blind readers
 FORMATS = ("png", "svg")
 
 
@@ -36,9 +37,10 @@ def plot_layer_heatmaps(
     out_dir = Path(out_dir)
     shares = (counts.frequency() * counts.num_experts).numpy()  # (L, D, E)
     selected = _selected(selection, counts.layer_indices)
+    top = _top(shares)  # one linear colour scale for every layer, so layers compare by colour
     paths = []
     for row, layer in enumerate(counts.layer_indices):
-        fig = _layer_figure(plt, shares[row].T, counts.domains, selected[row], layer)
+        fig = _layer_figure(plt, shares[row].T, counts.domains, selected[row], layer, top)
         paths += _save(plt, fig, out_dir / f"layer_{layer:02d}")
     scores = (counts.num_experts * counts.frequency().min(dim=1).values).numpy()  # (L, E)
     paths += _save(plt, _consistency_figure(plt, scores, selected, counts.layer_indices), out_dir / "consistency")
@@ -95,21 +97,25 @@ def _selected(selection: Selection | None, layer_indices: list[int]) -> list[lis
     return [by_layer.get(layer, []) for layer in layer_indices]
 
 
-def _norm(values, vmax: float | None = None):
-    from matplotlib.colors import TwoSlopeNorm
-
-    top = max(2.0, float(values.max()) if values.size else 2.0) if vmax is None else vmax
-    return TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=top)
+def _top(values) -> float:
+    """Upper end of a linear colour scale from 0: the largest value, at least 2 (twice the uniform share)."""
+    return max(2.0, float(values.max()) if values.size else 2.0)
 
 
-def _layer_figure(plt, shares, domains: list[str], selected: list[int], layer: int):
-    """Experts (rows) x domains (columns) of f * E for one layer."""
+def _norm(top: float):
+    from matplotlib.colors import Normalize
+
+    return Normalize(vmin=0.0, vmax=top)
+
+
+def _layer_figure(plt, shares, domains: list[str], selected: list[int], layer: int, top: float):
+    """Experts (rows) x domains (columns) of f * E for one layer, on the linear colour scale [0, top]."""
     from matplotlib.patches import Rectangle
 
     num_experts, num_domains = shares.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 * num_domains + 2.5), max(3.0, 0.2 * num_experts + 1.5)))
-    norm = _norm(shares)
-    image = ax.imshow(shares, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
+    norm = _norm(top)
+    image = ax.imshow(shares, aspect="auto", cmap=SCALE, norm=norm, interpolation="nearest")
     ax.set_xticks(range(num_domains), domains, rotation=30, ha="right")
     ax.set_yticks(range(num_experts), [str(e) for e in range(num_experts)], fontsize=8 if num_experts <= 32 else 6)
     for e in selected:
@@ -118,13 +124,13 @@ def _layer_figure(plt, shares, domains: list[str], selected: list[int], layer: i
         ax.add_patch(Rectangle((-0.5, e - 0.5), num_domains, 1, fill=False, edgecolor=HIGHLIGHT, linewidth=1.5))
     if num_experts * num_domains <= 96:  # values stay legible only on small grids
         for (e, d), value in np.ndenumerate(shares):
-            color = "white" if abs(float(norm(value)) - 0.5) > 0.3 else "black"  # legible on saturated cells
+            color = "white" if float(norm(value)) < 0.55 else "black"  # legible on dark (low) and light cells
             ax.text(d, e, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
     ax.set_xlabel("domain")
     ax.set_ylabel("expert")
     title = f"Layer {layer}\nrouting frequency x E (1 = uniform)"
     ax.set_title(title + ("\nselected experts boxed" if selected else ""), fontsize=10)
-    fig.colorbar(image, ax=ax, label="f x E")
+    _uniform_mark(fig.colorbar(image, ax=ax, label="f x E (linear, same scale in every layer)"))
     return fig
 
 
@@ -132,15 +138,20 @@ def _consistency_figure(plt, scores, selected: list[list[int]], layer_indices: l
     """Layers (rows) x experts (columns) of s_l(e) = E * min_d f_{l,d}(e); selected experts dotted."""
     num_layers, num_experts = scores.shape
     fig, ax = plt.subplots(figsize=_grid_size(num_experts, num_layers))
-    image = ax.imshow(scores, aspect="auto", cmap="RdBu_r", norm=_norm(scores), interpolation="nearest")
+    image = ax.imshow(scores, aspect="auto", cmap=SCALE, norm=_norm(_top(scores)), interpolation="nearest")
     _grid_ticks(ax, num_experts, layer_indices)
     points = _circle(ax, selected)
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     title = "Consistency score E x min_d f\n(1 = uniform share in every domain)"
     ax.set_title(title + ("; circles: selected" if points else ""), fontsize=10)
-    fig.colorbar(image, ax=ax, label="score")
+    _uniform_mark(fig.colorbar(image, ax=ax, label="score (linear)"))
     return fig
+
+
+def _uniform_mark(colorbar) -> None:
+    """A line at 1 on the colour bar: the uniform share."""
+    colorbar.ax.axhline(1.0, color="white", linewidth=1.2)
 
 
 def _grid_size(num_experts: int, num_layers: int, extra_height: float = 0.0) -> tuple[float, float]:

@@ -1,1 +1,2 @@
-"""Running experiments: cached pipeline stages (shared by `xpert demo`) and the benchmark matrix (`xpert bench`)."""
+"""Running experiments: the matrix (`xpert bench run`; the demo is its preset `configs/bench/demo.yaml`), run as
+cached stages of the pipeline (`xpert_pl.pipeline`) over a `RunLayout`."""

@@ -10,13 +10,14 @@ A matrix is a YAML file (see `configs/bench/`):
     source: {config: configs/source/tiny.yaml, steps: 800}         # the source MoE trained here (or `hf: <dir>`)
     analyze: configs/analyze/tiny.yaml
     extract: configs/extract/tiny.yaml
-    scales: {2l: {config: configs/pretrain/tiny.yaml, args: [], seeds: [0, 1, 2, 3, 4]}}  # student configs
-                                                                    # (+ CLI overrides, + seeds of this scale)
+    scales: {2l: {config: configs/pretrain/tiny.yaml, seeds: [0, 1, 2, 3, 4]},  # student configs (config: a
+             4l: {config: configs/pretrain/tiny.yaml,                            # file or a list, overrides by
+                  overrides: {model.model.init_args.preset: llama-tiny-4l}}}     # dotted name, own seeds)
     budgets: {short: 150, long: 300}                                # optimizer steps per pre-training run
     seeds: [0, 1, 2]                       # the seeds of every scale that names none
     methods: {scratch: configs/methods/scratch.yaml, xpert: configs/methods/xpert.yaml}
     sweep_methods: [scratch, xpert]        # methods run at every budget; the others only at the largest
-    sft: {config: configs/sft/dolly.yaml, steps: 30, args: [],      # optional follow-up fine-tuning of the cells
+    sft: {config: [configs/sft/dolly.yaml, configs/sft/eval/bench.yaml], steps: 30,  # optional follow-up SFT
           methods: [scratch, xpert], scales: [2l]}                  # at the largest budget (default: all of them)
 
 Every run of a cell gets the same seed for weights and data order across methods, so methods are compared paired.
@@ -31,7 +32,7 @@ from typing import Any
 import yaml
 
 from xpert_pl.errors import ConfigError, raise_if_problems
-from xpert_pl.paths import path_component_problem
+from xpert_pl.paths import config_dir, path_component_problem
 from xpert_pl.yaml_io import DuplicateKeyError, load_yaml
 
 BASELINE = "scratch"
@@ -39,15 +40,19 @@ BASELINE = "scratch"
 
 @dataclass(frozen=True)
 class Stage:
-    """A config file with extra command-line overrides and, for training stages, a step count.
+    """A config file (with more config files laid over it and overrides by dotted option name) and, for training
+    stages, a step count.
 
     Attributes:
+        configs: config files laid over `config`, in order (`config: [a.yaml, b.yaml]` in the matrix).
+        overrides: options by dotted name (`{"model.model.init_args.preset": "llama-tiny-4l"}`), applied last.
         seeds: for a student scale, its own seeds (e.g. 5 for the headline scale, 3 for the others); None: the
             matrix's seeds.
     """
 
     config: Path
-    args: tuple[str, ...] = ()
+    configs: tuple[Path, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     seeds: tuple[int, ...] | None = None
 
@@ -121,13 +126,24 @@ class ExperimentMatrix:
         return cells
 
 
+def shipped_or_local(base: Path, name: str | Path) -> Path:
+    """`base / name`; a missing `configs/...` path is taken from the shipped configs (`xpert configs`), so a matrix
+    runs from any folder when the kit is installed from a wheel."""
+    local = base / name
+    parts = Path(name).parts
+    if local.exists() or Path(name).is_absolute() or not parts or parts[0] != "configs":
+        return local
+    shipped = config_dir().joinpath(*parts[1:])
+    return shipped if shipped.exists() else local
+
+
 def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentMatrix:
     """Parse and validate a matrix YAML; relative config paths resolve against `root` (default: the cwd).
 
     Raises:
         ConfigError: every problem found, together, each with how to fix it.
     """
-    path = Path(path)
+    path = shipped_or_local(Path.cwd(), path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment matrix '{path}' not found")
     try:
@@ -144,26 +160,32 @@ def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentM
 
 
 def _stage(spec: Any, base: Path, name: str, problems: list[str], needs_steps: bool = False) -> Stage:
-    if isinstance(spec, str):
+    if isinstance(spec, str | list):
         spec = {"config": spec}
-    if not isinstance(spec, dict) or not isinstance(spec.get("config"), str) or not spec["config"]:
-        problems.append(f"{name}: give a config path or {{config: <yaml>, args: [...]}}")
+    files = spec.get("config") if isinstance(spec, dict) else None
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) and f for f in files):
+        problems.append(f"{name}: give a config path, a list of them, or {{config: <yaml>, overrides: {{...}}}}")
         return Stage(Path("."))
-    config = base / spec["config"]
-    if not config.is_file():
-        problems.append(f"{name}: config '{config}' does not exist")
+    paths = [shipped_or_local(base, f) for f in files]
+    problems += [f"{name}: config '{path}' does not exist" for path in paths if not path.is_file()]
+    if "args" in spec:
+        problems.append(
+            f"{name}.args: command-line strings are no longer taken; write extra config files in `config: [...]` "
+            "and options as `overrides: {dotted.name: value}`"
+        )
     steps = spec.get("steps")
     if needs_steps and (not _is_int(steps) or steps < 1):
         problems.append(f"{name}: 'steps' must be a positive integer, got {steps!r}")
-    args = spec.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
-        problems.append(f"{name}.args: a list of command-line arguments, got {args!r}")
-        args = []
+    overrides = spec.get("overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) and k for k in overrides):
+        problems.append(f"{name}.overrides: a mapping of dotted option names to values, got {overrides!r}")
+        overrides = {}
     seeds = spec.get("seeds")
     if seeds is not None and not _distinct_ints(seeds):
         problems.append(f"{name}.seeds: a list of distinct integers, got {seeds!r}")
     own_seeds = tuple(seeds) if seeds is not None and _distinct_ints(seeds) else None
-    return Stage(config, tuple(str(a) for a in args), steps, own_seeds)
+    return Stage(paths[0], tuple(paths[1:]), dict(overrides), steps, own_seeds)
 
 
 def _mapping(raw: dict[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
@@ -285,10 +307,10 @@ def _methods(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str, 
     for name, path in raw.items():
         if not isinstance(path, str) or not path:
             problems.append(f"methods.{name}: a method YAML path, got {path!r}")
-        elif not (base / path).is_file():
+        elif not shipped_or_local(base, path).is_file():
             problems.append(f"methods.{name}: '{base / path}' does not exist")
         else:
-            methods[name] = base / path
+            methods[name] = shipped_or_local(base, path)
     if BASELINE not in raw:
         problems.append(f"methods must include the baseline '{BASELINE}' (every comparison is paired against it)")
     return methods

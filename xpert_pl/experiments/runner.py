@@ -1,16 +1,12 @@
 """`xpert bench run <matrix>`: run what is missing of an experiment matrix, resuming what was interrupted.
 
-Layout of `out_dir` (read by `xpert report`):
-    matrix.yaml                          the matrix as given
-    shared/{tokenizer,cache,source,analysis,bank}/   the source pipeline, run once (cached stages); no tokenizer/
-                                          when the matrix's `data.tokenizer` names one
-    cells/<scale>/<budget>/<method>/seed<k>/         one pre-training run each: cell.json (status, wall time,
-                                          token budget), metrics.csv, config.yaml, init_report.json, hf/, checkpoints/;
-                                          sft/ with the follow-up fine-tuning when the matrix asks for it
-A cell whose cell.json says `done` is skipped; a cell with a `last.ckpt` but not done resumes from it. Each run is
-a separate `xpert fit` process, so a crash or a kill loses at most the steps since the last checkpoint. The processes
-are forked from a server that has imported the kit once (`run_forked`): on a 2-core VM a new interpreter spends
-10-20 s importing Lightning and transformers, which every cell of a matrix would otherwise pay again.
+The runs folder is laid out by `RunLayout` (`xpert_pl.layout`), which `xpert report` reads. The shared stages
+(tokenizer, source MoE, analysis, banks) run in this process through the pipeline's functions, each skipped once
+done; every cell's training runs `xpert_pl.pipeline.fit` in its own process, so a crash or a kill loses at most the
+steps since the last checkpoint. A cell whose cell.json says `done` is skipped; a cell with a `last.ckpt` but not
+done resumes from it. The processes are forked from a server that has imported the kit once (`run_forked`): on a
+2-core VM a new interpreter spends 10-20 s importing Lightning and transformers, which every cell of a matrix would
+otherwise pay again.
 """
 
 from __future__ import annotations
@@ -20,12 +16,11 @@ import logging
 import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +29,18 @@ from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
 from xpert_pl.errors import raise_if_problems
-from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
-from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
+from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, Stage, load_matrix, shipped_or_local
+from xpert_pl.experiments.stages import CachedStages, validation_interval
+from xpert_pl.layout import CELL_FILE, HF_DIR, SELECTION_FILE, Artifact, RunLayout, bank_manifest, hf_config
 from xpert_pl.paths import data_root as resolve_data_root
+from xpert_pl.pipeline.config import Config, bind_artifacts, load_config, merge, needed_artifacts, nested
 from xpert_pl.tokenizer import META_FILE, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-Launcher = Callable[[list[str], Path], int]
-CELL_FILE = "cell.json"
-XPERT = [sys.executable, "-m", "xpert_pl.cli"]
 # Imported once by the fork server, so each cell process starts with them loaded.
 PRELOAD = [
-    "xpert_pl.cli",
+    "xpert_pl.pipeline.fit",
     "xpert_pl.training.lightning_cli",
     "xpert_pl.training",
     "xpert_pl.data",
@@ -55,55 +49,54 @@ PRELOAD = [
 ]
 
 
-def artifact_overrides(method: Path, artifacts: dict[str, Path]) -> list[str]:
-    """CLI overrides pointing every `runs/...` path of a method YAML's `model.*` init_args (nested too) at
-    `artifacts[<argument name>]`, e.g. `bank`, `source`, `teacher`, `analysis`, `selection`."""
-    overrides: list[str] = []
+@dataclass(frozen=True)
+class FitCall:
+    """One training run of a cell: the arguments of `xpert_pl.pipeline.fit` (picklable: it runs in its own
+    process).
 
-    def walk(spec: Any, prefix: str) -> None:
-        for key, value in ((spec or {}).get("init_args") or {}).items():
-            if isinstance(value, dict) and "class_path" in value:
-                walk(value, f"{prefix}.init_args.{key}")
-            elif isinstance(value, str) and value.startswith("runs/"):
-                if key not in artifacts:
-                    raise ValueError(f"{method.name}: no artifact for '{key}' (known: {', '.join(sorted(artifacts))})")
-                overrides.append(f"{prefix}.init_args.{key}={artifacts[key]}")
+    Attributes:
+        config: the whole fit configuration (files merged, the cell's settings and artifacts bound).
+        run_dir: the run folder.
+        resume: continue from `run_dir/checkpoints/last.ckpt`.
+        overwrite: replace what a start that died before its first checkpoint left (the cell owns its folder).
+    """
 
-    for part, spec in (yaml.safe_load(method.read_text()).get("model") or {}).items():
-        walk(spec, f"--model.{part}")
-    return overrides
+    config: Config
+    run_dir: Path
+    resume: bool = False
+    overwrite: bool = False
 
+    def __call__(self) -> None:
+        from xpert_pl.pipeline.fit import fit
 
-def run_subprocess(command: list[str], log_file: Path) -> int:
-    """Run `command`, its output appended to `log_file`; returns the exit status."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("a") as fh:
-        return subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+        fit(self.config, self.run_dir, resume=self.resume, overwrite=self.overwrite)
 
 
-def _xpert_in_child(argv: list[str], log_file: str) -> None:
-    """Body of a forked cell process: stdout and stderr appended to `log_file`, then `xpert <argv>`."""
+Launcher = Callable[[FitCall, Path], int]
+
+
+def _run_in_child(call: FitCall, log_file: str) -> None:
+    """Body of a forked cell process: stdout and stderr appended to `log_file`, then the call; a user error
+    prints its one paragraph and exits 2, as `xpert fit` does."""
     sys.stdout.flush()
     sys.stderr.flush()
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    from xpert_pl.cli import main
+    from xpert_pl.cli_errors import run_reporting_errors
 
-    main(argv)
+    run_reporting_errors(call, "fit")
 
 
-def run_forked(command: list[str], log_file: Path) -> int:
-    """Like `run_subprocess`, but an `xpert` command runs in a process forked from a server that has already
-    imported the kit (multiprocessing's forkserver: a clean process, never one that has trained or used threads).
+def run_forked(call: FitCall, log_file: Path) -> int:
+    """Run `call` in a process forked from a server that has already imported the kit (multiprocessing's
+    forkserver: a clean process, never one that has trained or used threads), its output appended to `log_file`.
     Exit status as a subprocess's: 0, the `SystemExit` code, 1 for an uncaught error, -N for signal N."""
-    if command[: len(XPERT)] != XPERT:
-        return run_subprocess(command, log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    process = context.Process(target=_xpert_in_child, args=(command[len(XPERT) :], str(log_file)))
+    process = context.Process(target=_run_in_child, args=(call, str(log_file)))
     process.start()
     process.join()
     return process.exitcode
@@ -115,138 +108,145 @@ class MatrixRunner:
 
     Attributes:
         matrix: the parsed matrix.
-        jobs: cells run at the same time (each a separate `xpert fit` process).
-        launch: runs one command and returns its exit status (`run_forked`; tests replace it).
+        jobs: cells run at the same time (each a separate process).
+        launch: runs one `FitCall` and returns its exit status (`run_forked`; tests replace it).
     """
 
     matrix: ExperimentMatrix
     jobs: int = 1
     launch: Launcher = run_forked
+    layout: RunLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = RunLayout(self.matrix.out_dir, self.matrix.source_hf)
 
     @property
     def shared(self) -> Path:
-        return self.matrix.out_dir / "shared"
+        return self.layout.shared
 
     def data_settings(self) -> dict[str, Any]:
         """Data-module settings every run shares: data root, tokenizer, cache, and the matrix's `data` block."""
-        data = {"data_root": resolve_data_root(self.matrix.data.get("data_root"))}
-        data |= {"tokenizer": self.shared / "tokenizer", "cache_dir": self.shared / "cache"}
+        data: dict[str, Any] = {"data_root": resolve_data_root(self.matrix.data.get("data_root"))}
+        data |= {"tokenizer": self.layout.tokenizer, "cache_dir": self.layout.cache}
         data |= {k: v for k, v in self.matrix.data.items() if k != "data_root"}
-        return {k: "null" if v is None else v for k, v in data.items()}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
-    def artifacts(self) -> dict[str, Path]:
-        source = self.matrix.source_hf or self.shared / "source" / "hf"
-        analysis = self.shared / "analysis"
-        return {
-            "source": source,
-            "teacher": source,
-            "analysis": analysis,
-            "selection": analysis / "selection.json",
-            "bank": self.shared / "bank",
-            "untrained_bank": self.shared / "untrained" / "bank",
-        }
+    def method_config(self, method: str) -> Config:
+        """A method's YAML with its artifacts bound to this experiment's files."""
+        return bind_artifacts(load_config([self.matrix.methods[method]]), self.layout, method)
 
-    def uses_artifact(self, key: str) -> bool:
-        """Whether some method of the matrix points an argument named `key` at a `runs/...` artifact."""
-        return any(
-            f".{key}=" in arg for m in self.matrix.methods.values() for arg in artifact_overrides(m, self.artifacts())
-        )
+    def needs(self, artifact: Artifact) -> bool:
+        """Whether some method of the matrix reads `artifact`."""
+        return any(artifact in needed_artifacts(load_config([m])) for m in self.matrix.methods.values())
 
     def run_shared(self) -> dict[str, float]:
         """Tokenizer (unless `data.tokenizer` names one), source MoE (unless given), expert analysis and knowledge
-        bank, each skipped once done; the same procedure on an untrained copy of the source when a method needs it
-        (UntrainedSourceInit)."""
-        stages, data, art = CachedStages("bench"), self.data_settings(), self.artifacts()
+        bank, each skipped once done; the same procedure on an untrained copy of the source when a method reads its
+        bank (UntrainedSourceInit); each control's own bank (random or rare experts) when a method reads one."""
+        stages, layout = CachedStages("bench"), self.layout
         if "tokenizer" not in self.matrix.data:
-            tok = self.shared / "tokenizer"
+            data_root = str(self.data_settings()["data_root"])
             stages.run(
                 "tokenizer",
-                tok / META_FILE,
-                lambda: train_tokenizer(tok, str(data["data_root"]), **self.matrix.tokenizer),
+                layout.tokenizer / META_FILE,
+                lambda: train_tokenizer(layout.tokenizer, data_root, **self.matrix.tokenizer),
             )
         if self.matrix.source_hf is None:
-            steps = self.matrix.source.steps
-            extra = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={validation_interval(steps)}"]
-            fit_data = [f"--data.init_args.{k}={v}" for k, v in data.items()]
-            run = self.shared / "source"
-            stages.run(
-                "source MoE",
-                art["source"] / "config.json",
-                lambda: fit_in_process(self.matrix.source.config, run, fit_data, [*self.matrix.source.args, *extra]),
-            )
-        self._analysis_and_bank(stages, "", art["source"], self.shared)
-        if self.uses_artifact("untrained_bank"):
+            stages.run("source MoE", hf_config(layout.source_hf), self._train_source)
+        self._analysis_and_bank(stages, "", layout.source_hf, layout.analysis, layout.bank)
+        if self.needs(Artifact.UNTRAINED_BANK):
             from xpert_pl.models import make_untrained_copy  # transformers' model classes: only when needed
 
-            copy = self.shared / "untrained" / "hf"
-            stages.run(
-                "untrained copy", copy / "untrained.json", lambda: make_untrained_copy(str(art["source"]), str(copy))
-            )
-            self._analysis_and_bank(stages, "untrained ", copy, self.shared / "untrained")
+            copy = layout.untrained / HF_DIR
+            stages.run("untrained copy", hf_config(copy), lambda: make_untrained_copy(str(layout.source_hf), str(copy)))
+            self._analysis_and_bank(stages, "untrained ", copy, layout.untrained / "analysis", layout.untrained_bank)
+        for method in self.matrix.methods:
+            if Artifact.CONTROL_BANK in needed_artifacts(self.method_config(method)):
+                bank = layout.control_bank(method)
+                stages.run(f"{method} bank", bank_manifest(bank), lambda m=method, b=bank: self._control_bank(m, b))
         return stages.seconds
 
-    def _analysis_and_bank(self, stages: CachedStages, label: str, model: Path, root: Path) -> None:
-        """`xpert analyze` and `xpert extract` of `model` into `root/analysis` and `root/bank`."""
-        analysis, bank, data = root / "analysis", root / "bank", self.data_settings()
-        analyze_args = [f"--model={model}", f"--out_dir={analysis}", *self.matrix.analyze.args]
-        analyze_args += [f"--data.{k}={v}" for k, v in data.items()]
-        stages.run(
-            f"{label}analysis",
-            analysis / "selection.json",
-            lambda: command_in_process("analyze", self.matrix.analyze.config, analyze_args),
-        )
-        extract_args = [f"--model={model}", f"--selection={analysis / 'selection.json'}", f"--out_dir={bank}"]
-        stages.run(
-            f"{label}knowledge bank",
-            bank / "manifest.json",
-            lambda: command_in_process(
-                "extract", self.matrix.extract.config, [*extract_args, *self.matrix.extract.args]
-            ),
-        )
+    def _train_source(self) -> None:
+        from xpert_pl.pipeline.fit import fit
 
-    def pretrain_command(self, cell: Cell) -> list[str]:
-        """The `xpert fit` command of a cell (with `--ckpt_path` when it resumes)."""
-        run_dir, scale = cell.directory(self.matrix.out_dir), self.matrix.scales[cell.scale]
-        method = self.matrix.methods[cell.method]
-        command = [*XPERT, "fit", "--config", str(scale.config), *scale.args]
-        command += ["--config", str(method), *artifact_overrides(method, self.artifacts())]
-        command += [f"--data.init_args.{k}={v}" for k, v in self.data_settings().items()]
-        command += [
-            f"--seed_everything={cell.seed}",
-            f"--data.init_args.seed={cell.seed}",
-            f"--trainer.max_steps={cell.steps}",
-            f"--trainer.val_check_interval={validation_interval(cell.steps)}",
-            f"--trainer.logger.init_args.save_dir={run_dir}",
-        ]
+        stage, steps = self.matrix.source, self.matrix.source.steps or 0
+        settings = {"trainer.max_steps": steps, "trainer.val_check_interval": validation_interval(steps)}
+        # The stage owns its folder: a run that died before its output was complete is replaced (kept aside until
+        # the new one completes), never mixed with.
+        fit(self.stage_config(stage, settings), self.layout.source_run, overwrite=True)
+
+    def stage_config(self, stage: Stage, settings: dict[str, Any], method: str | None = None) -> Config:
+        """A training stage's configuration, later layers winning: its config files, its overrides, the method's
+        YAML (artifacts bound), the shared data settings, then `settings` (dotted keys)."""
+        config = merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
+        if method is not None:
+            config = merge(config, self.method_config(method))
+        data = {f"data.init_args.{k}": v for k, v in self.data_settings().items()}
+        return merge(config, nested({**data, **settings}))
+
+    def _analysis_and_bank(self, stages: CachedStages, label: str, model: Path, analysis: Path, bank: Path) -> None:
+        """`analyze` and `extract` of `model` into `analysis` and `bank`, with the matrix's analyze/extract configs."""
+        from xpert_pl.pipeline.config import call_with_config
+        from xpert_pl.pipeline.steps import analyze, extract
+
+        settings = {"model": str(model), "out_dir": str(analysis), "data": self.data_settings()}
+        analyze_config = self.function_config(self.matrix.analyze, settings)
+        selection = analysis / SELECTION_FILE
+        stages.run(f"{label}analysis", selection, lambda: call_with_config(analyze, analyze_config))
+        settings = {"model": str(model), "selection": str(selection), "out_dir": str(bank)}
+        extract_config = self.function_config(self.matrix.extract, settings)
+        stages.run(f"{label}knowledge bank", bank_manifest(bank), lambda: call_with_config(extract, extract_config))
+
+    @staticmethod
+    def function_config(stage: Stage, settings: dict[str, Any]) -> Config:
+        """An analyze/extract stage's arguments: its YAML(s), its overrides, then `settings`."""
+        config = merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
+        return merge(config, settings)
+
+    def _control_bank(self, method: str, bank: Path) -> None:
+        """Build `method`'s own bank once (a control with its own selection), for every cell of the method."""
+        from xpert_pl.pipeline.config import build_class
+
+        spec = self.method_config(method)["model"]["initializer"]
+        control = build_class(merge(spec, {"init_args": {"bank": None}}))
+        control.build_bank().save(bank)
+
+    def pretrain_call(self, cell: Cell) -> FitCall:
+        """The training run of a cell (resuming from its last checkpoint when it has one)."""
+        run_dir = self.layout.cell(cell.scale, cell.budget, cell.method, cell.seed)
+        settings = {
+            "seed_everything": cell.seed,
+            "data.init_args.seed": cell.seed,
+            "trainer.max_steps": cell.steps,
+            "trainer.val_check_interval": validation_interval(cell.steps),
+        }
+        config = self.stage_config(self.matrix.scales[cell.scale], settings, cell.method)
         last = run_dir / "checkpoints" / "last.ckpt"
         # The cell owns its folder: a start that died before its first checkpoint is replaced, not mixed with.
-        return [*command, f"--ckpt_path={last}"] if last.is_file() else [*command, "--overwrite=true"]
+        return FitCall(config, run_dir, resume=last.is_file(), overwrite=not last.is_file())
 
-    def sft_command(self, cell: Cell) -> list[str]:
+    def sft_call(self, cell: Cell) -> FitCall:
         """The follow-up fine-tuning of a cell: a warm start from its exported model."""
-        sft, run_dir = self.matrix.sft.stage, cell.directory(self.matrix.out_dir)
-        data = {k: v for k, v in self.data_settings().items() if k in ("data_root", "tokenizer")}
-        return [
-            *(*XPERT, "fit", "--config", str(sft.config), *sft.args),
-            *[f"--data.init_args.{k}={v}" for k, v in data.items()],
-            f"--model.init_checkpoint={run_dir / 'hf'}",
-            f"--seed_everything={cell.seed}",
-            f"--trainer.max_steps={sft.steps}",
-            f"--trainer.logger.init_args.save_dir={run_dir / 'sft'}",
-            "--overwrite=true",
-        ]
+        stage = self.matrix.sft.stage
+        run_dir = self.layout.cell(cell.scale, cell.budget, cell.method, cell.seed)
+        shared = {k: v for k, v in self.data_settings().items() if k in ("data_root", "tokenizer")}
+        settings = {f"data.init_args.{k}": v for k, v in shared.items()}
+        settings |= {"model.init_checkpoint": str(run_dir / HF_DIR), "seed_everything": cell.seed}
+        settings |= {"trainer.max_steps": stage.steps}
+        config = merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
+        return FitCall(merge(config, nested(settings)), run_dir / "sft", overwrite=True)
 
     def run_cell(self, cell: Cell) -> str:
         """Run (or resume) one cell and its follow-up stages; returns its final status."""
-        run_dir = cell.directory(self.matrix.out_dir)
+        run_dir = self.layout.cell(cell.scale, cell.budget, cell.method, cell.seed)
         record = read_json(run_dir / CELL_FILE) if (run_dir / CELL_FILE).is_file() else {}
         if record.get("status") == "done":
             return "skipped"
         record = {**_describe(cell), "status": "running", "stage_wall_s": record.get("stage_wall_s", {})}
         write_json(run_dir / CELL_FILE, record)
-        stages = [("pretrain", self.pretrain_command, run_dir / "hf" / "config.json")]
+        stages = [("pretrain", self.pretrain_call, hf_config(run_dir / HF_DIR))]
         if self.matrix.wants_sft(cell):
-            stages.append(("sft", self.sft_command, run_dir / "sft" / "hf" / "config.json"))
+            stages.append(("sft", self.sft_call, hf_config(run_dir / "sft" / HF_DIR)))
         for name, build, marker in stages:
             if marker.is_file():
                 continue
@@ -262,25 +262,21 @@ class MatrixRunner:
         return "done"
 
     def config_problems(self) -> list[str]:
-        """Every cell's `xpert fit` configuration parsed and checked (nothing built or run), one problem per cell
-        kind (scale x method, and its fine-tuning), so a typo surfaces before the shared stages start."""
-        from xpert_pl.cli import run_lightning_cli
-        from xpert_pl.cli_errors import explain
+        """Every cell's fit configuration parsed and checked (nothing built or run), one problem per cell kind
+        (scale x method, and its fine-tuning), so a typo surfaces before the shared stages start."""
+        from xpert_pl.pipeline.fit import fit_config_problems
 
         problems, seen = [], set()
         for cell in self.matrix.cells():
-            commands = [("pretrain", self.pretrain_command)]
-            commands += [("sft", self.sft_command)] if self.matrix.wants_sft(cell) else []
-            for stage, build in commands:
+            calls = [("pretrain", self.pretrain_call)]
+            calls += [("sft", self.sft_call)] if self.matrix.wants_sft(cell) else []
+            for stage, build in calls:
                 if (cell.scale, cell.method, stage) in seen:
                     continue
                 seen.add((cell.scale, cell.method, stage))
-                argv = [a for a in build(cell)[len(XPERT) :] if not a.startswith("--ckpt_path")]
-                try:
-                    run_lightning_cli(argv, parse_only=True)
-                except Exception as err:  # every parse or check failure is the user's to fix
-                    message = explain(err, "fit", argv) or f"{type(err).__name__}: {err}"
-                    problems.append(f"cell {cell.scale}/{cell.method} ({stage}): {message}")
+                call = build(cell)
+                config = {k: v for k, v in call.config.items() if k != "ckpt_path"}
+                problems += [f"cell {cell.scale}/{cell.method} ({stage}): {p}" for p in fit_config_problems(config)]
         return problems
 
     def run(self, matrix_file: Path | None = None) -> dict[str, int]:
@@ -333,7 +329,7 @@ def bench_run(matrix: str, jobs: int = 1, only: Sequence[str] | None = None) -> 
         if unknown:
             raise ValueError(f"--only names unknown methods {unknown}; the matrix has {', '.join(parsed.methods)}")
         parsed.methods = {m: p for m, p in parsed.methods.items() if m in only}
-    counts = MatrixRunner(parsed, jobs=jobs).run(Path(matrix))
+    counts = MatrixRunner(parsed, jobs=jobs).run(shipped_or_local(Path.cwd(), matrix))
     print(json.dumps({"out_dir": str(parsed.out_dir), **counts}))
     if counts.get("failed"):
         raise SystemExit(f"{counts['failed']} cell(s) failed; see <cell>/pretrain.log or sft.log, then rerun")

@@ -31,23 +31,6 @@ class CachedStages:
         log.info("[%s] %s done in %.1f s", self.prefix, name, self.seconds[name])
 
 
-def fit_in_process(config: Path, run_dir: Path, data_args: list[str], extra: list[str]) -> None:
-    """`xpert fit --config <config>` with its logger writing into `run_dir`."""
-    from xpert_pl.cli import run_lightning_cli
-
-    # The stage owns `run_dir`: a run that died before its output was complete is replaced (kept aside until the
-    # new one completes), never mixed with.
-    args = ["fit", "--config", str(config), *data_args, f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
-    run_lightning_cli([*args, "--overwrite=true"])
-
-
-def command_in_process(name: str, config: Path, args: list[str]) -> None:
-    """`xpert <name> --config <config> <args>` (a function command such as analyze or extract)."""
-    from xpert_pl.cli import main
-
-    main([name, "--config", str(config), *args])
-
-
 def validation_interval(steps: int, points: int = 6) -> int:
     """The largest divisor of `steps` giving at least `points` validations, so the last step is validated."""
     return max(d for d in range(1, max(1, steps // points) + 1) if steps % d == 0)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import PreTrainedModel
+
+from xpert_pl.layout import Artifact
 
 
 @dataclass
@@ -24,6 +26,10 @@ class InitReport:
 
 class Initializer(abc.ABC):
     """Initialises a freshly built Hugging Face model in place."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {}
+    """Arguments that name a pipeline artifact, and its kind: `xpert bench run` sets each to the runs folder's
+    file (`RunLayout.path`), so a method YAML works in any experiment."""
 
     def preflight(self) -> None:
         """Check the files this initializer will read (existence, manifests, provenance) and raise a user error

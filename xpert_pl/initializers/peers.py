@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -26,6 +26,7 @@ from xpert_pl.initializers.shared import (
     selection_choice,
 )
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
+from xpert_pl.layout import Artifact
 
 ExpertChoice = Literal["average", "top"]
 
@@ -51,6 +52,8 @@ def fit_linear_expansion(layers: list[torch.Tensor]) -> tuple[torch.Tensor, torc
 
 class WeightSelectionInit(FFNTransferInit):
     """Peer: Weight Selection from one expert or the expert average (evenly spaced neurons and hidden units)."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"source": Artifact.SOURCE}
 
     def __init__(
         self,
@@ -93,6 +96,8 @@ class WeightSelectionInit(FFNTransferInit):
 
 class LinearExpansionInit(FFNTransferInit):
     """Peer: a linear expansion theta_A + (l / L) theta_B over depth, fitted to the source's per-layer FFNs."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"source": Artifact.SOURCE}
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from xpert_pl.analysis.selection import ExpertSelector, Selection
 from xpert_pl.analysis.strategies import LeastFrequentSelector, RandomExpertSelector, TopFrequencySelector
@@ -31,10 +31,17 @@ from xpert_pl.initializers.shared import (
     selection_choice,
 )
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
+from xpert_pl.layout import Artifact
 
 
 class ReselectedBankInit(FFNTransferInit):
     """XPERT's Tucker bank, built in memory from the source and its routing counts with another selector."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {
+        "source": Artifact.SOURCE,
+        "analysis": Artifact.ANALYSIS,
+        "bank": Artifact.CONTROL_BANK,
+    }
 
     def __init__(
         self,
@@ -45,12 +52,14 @@ class ReselectedBankInit(FFNTransferInit):
         collapse: Collapse,
         transfer: FFNTransfer,
         trust_remote_code: bool,
+        bank: str | None,
     ):
         super().__init__(transfer)
         self.source, self.analysis, self.n = source, analysis, n
         self.consolidator = consolidator or TuckerConsolidator()
         self.collapse = collapse
         self.trust_remote_code = trust_remote_code
+        self.bank = bank
 
     @abc.abstractmethod
     def selector(self, n: int) -> ExpertSelector:
@@ -63,16 +72,37 @@ class ReselectedBankInit(FFNTransferInit):
         if n > counts.num_experts:
             problem = f"{type(self).__name__}: n={n} experts per layer, but the source has {counts.num_experts}"
             raise ConfigError([problem])
+        if self.bank is not None:
+            self.staged_bank()
+
+    def selection(self) -> dict[str, Any]:
+        """This control's selection (n: this control's, else XPERT's), from the analysis's routing counts."""
+        counts, xpert_selection = load_analysis(self.analysis)
+        return self.selector(self.n or xpert_selection.n).select(counts).to_dict()
 
     def build_bank(self) -> KnowledgeBank:
-        """Select with `selector` (n: this control's, else XPERT's), read those experts, decompose them."""
-        counts, xpert_selection = load_analysis(self.analysis)
+        """Read the experts of `selection()` from the source and decompose them (`xpert bench run` does this once,
+        as a stage, and hands the bank to every cell as `bank`)."""
         source = analysis_source(self.analysis, self.source, self.trust_remote_code)
-        selection = self.selector(self.n or xpert_selection.n).select(counts).to_dict()
-        return extract_bank(source, selection, self.consolidator, {"model": str(self.source)}, progress=False)
+        return extract_bank(source, self.selection(), self.consolidator, {"model": str(self.source)}, progress=False)
+
+    def staged_bank(self) -> KnowledgeBank:
+        """The bank at `bank`, refused unless it holds exactly this control's selection and Tucker settings."""
+        bank, expected = KnowledgeBank.load(self.bank), self.selection()
+        made = bank.manifest.get("selection", {})
+        chosen = [(layer["layer"], layer["experts"]) for layer in made.get("layers", [])]
+        wanted = [(layer["layer"], layer["experts"]) for layer in expected["layers"]]
+        if chosen != wanted or bank.manifest.get("tucker") != self.consolidator.describe():
+            raise ConfigError(
+                [
+                    f"{type(self).__name__}: the bank at {self.bank} was built from another selection or other Tucker "
+                    "settings than this control's; drop `bank` (the control builds its own) or rebuild it"
+                ]
+            )
+        return bank
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:
-        bank = self.build_bank()
+        bank = self.staged_bank() if self.bank is not None else self.build_bank()
         ffn = collapse_bank(bank, self.collapse)
         ffn.description = {"source": self.source, "selection": bank.manifest["selection"], **ffn.description}
         return ffn
@@ -91,6 +121,7 @@ class RandomExpertsInit(ReselectedBankInit):
         collapse: Collapse = "uniform",
         transfer: FFNTransfer = FFNTransfer(),
         trust_remote_code: bool = False,
+        bank: str | None = None,
     ):
         """
         Args:
@@ -103,8 +134,10 @@ class RandomExpertsInit(ReselectedBankInit):
                 weights) or `frequency`.
             transfer: the adaptation to the student, as `XpertInit.transfer`.
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
+            bank: this control's bank, already built (by `xpert bench run`, once for every cell); it must hold
+                this control's selection. None: built here, in memory.
         """
-        super().__init__(source, analysis, n, consolidator, collapse, transfer, trust_remote_code)
+        super().__init__(source, analysis, n, consolidator, collapse, transfer, trust_remote_code, bank)
         self.seed = seed
 
     def selector(self, n: int) -> ExpertSelector:
@@ -123,6 +156,7 @@ class RareExpertsInit(ReselectedBankInit):
         collapse: Collapse = "frequency",
         transfer: FFNTransfer = FFNTransfer(),
         trust_remote_code: bool = False,
+        bank: str | None = None,
     ):
         """
         Args:
@@ -133,8 +167,10 @@ class RareExpertsInit(ReselectedBankInit):
             collapse: expert weights of the collapse: `frequency` or `uniform`.
             transfer: the adaptation to the student, as `XpertInit.transfer`.
             trust_remote_code: allow the source's own Python code to run when it has to be loaded.
+            bank: this control's bank, already built (by `xpert bench run`, once for every cell); it must hold
+                this control's selection. None: built here, in memory.
         """
-        super().__init__(source, analysis, n, consolidator, collapse, transfer, trust_remote_code)
+        super().__init__(source, analysis, n, consolidator, collapse, transfer, trust_remote_code, bank)
 
     def selector(self, n: int) -> ExpertSelector:
         return LeastFrequentSelector(n=n)
@@ -142,6 +178,8 @@ class RareExpertsInit(ReselectedBankInit):
 
 class FullExpertsInit(FFNTransferInit):
     """Control: XPERT's selected experts without the Tucker step: their weighted average."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"source": Artifact.SOURCE, "selection": Artifact.SELECTION}
 
     def __init__(
         self,
@@ -190,6 +228,8 @@ class FullExpertsInit(FFNTransferInit):
 
 class SingleExpertInit(FFNTransferInit):
     """Control: the single most frequently routed expert of each layer (mean frequency over domains), as is."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"source": Artifact.SOURCE, "analysis": Artifact.ANALYSIS}
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ and the depth map is uniform (or first-N) over all of the source's decoder layer
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from xpert_pl.bank.adapt import depth_map, select_hidden, spread_hidden, uniform
 from xpert_pl.checkpoint import CheckpointExperts, open_expert_source
 from xpert_pl.families import config_dict
 from xpert_pl.initializers.base import Initializer, InitReport
+from xpert_pl.layout import Artifact
 from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -63,6 +64,8 @@ def write_block(weight: torch.Tensor, block: torch.Tensor, rows: torch.Tensor | 
 
 class WithSourceWeights(Initializer):
     """Runs `base`, then copies the source's attention (and norms) and/or embeddings into the student."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"source": Artifact.SOURCE}
 
     def __init__(
         self,

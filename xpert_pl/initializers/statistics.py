@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from xpert_pl.initializers.base import InitReport
 from xpert_pl.initializers.shared import Collapse
 from xpert_pl.initializers.transfer import PROJ, FFNTransfer, student_mlps
 from xpert_pl.initializers.xpert import XpertInit
+from xpert_pl.layout import Artifact
 from xpert_pl.models import UNTRAINED_MARKER
 from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
 
@@ -117,6 +118,8 @@ class NormMatchedScratchInit(XpertStatisticsControl):
 
 class UntrainedSourceInit(XpertInit):
     """Control: XPERT from a bank built on an untrained copy of the source (the procedure without knowledge)."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"untrained_bank": Artifact.UNTRAINED_BANK}
 
     def __init__(
         self,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.initializers.shared import Collapse, collapse_bank
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
+from xpert_pl.layout import Artifact
 
 
 class XpertInit(FFNTransferInit):
     """Initialises every FFN matrix of a dense SwiGLU student from a knowledge bank; nothing else is touched."""
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"bank": Artifact.BANK}
 
     def __init__(self, bank: str, collapse: Collapse = "frequency", transfer: FFNTransfer = FFNTransfer()):
         """

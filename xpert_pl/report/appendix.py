@@ -11,27 +11,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from xpert_pl.layout import bank_manifest
 from xpert_pl.report.render import Block, Bullets, Code, Figure, Heading, Paragraph, Table
-from xpert_pl.report.runs import RunsDir, curve, read_metrics_csv
+from xpert_pl.report.runs import RunsDir
 from xpert_pl.report.stats import MIN_SEEDS
 
 PACKAGES = ("torch", "lightning", "transformers", "tensorly", "lm_eval", "datasets", "numpy", "scipy", "matplotlib")
-SOURCE_FIELDS = (
-    "model_type",
-    "num_hidden_layers",
-    "hidden_size",
-    "intermediate_size",
-    "moe_intermediate_size",
-    "num_experts",
-    "num_local_experts",
-    "n_routed_experts",
-    "num_experts_per_tok",
-)
 
 
 def activation_section(runs: RunsDir, figures: Path, layer_heatmaps: bool = False) -> list[Block]:
     """The analysis' consistency and selection-vs-n figures (copied next to the report), and the selection."""
-    heatmaps = runs.root / "shared" / "analysis" / "heatmaps"
+    heatmaps = runs.layout.analysis / "heatmaps"
     patterns = ["consistency*.png", "selection_vs_n*.png", *(["layer_*.png"] if layer_heatmaps else [])]
     sources = [p for pattern in patterns for p in sorted(heatmaps.glob(pattern))] if heatmaps.is_dir() else []
     blocks: list[Block] = [Heading(2, "Expert activation")]
@@ -40,7 +30,7 @@ def activation_section(runs: RunsDir, figures: Path, layer_heatmaps: bool = Fals
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         blocks.append(Figure(target, f"`shared/analysis/heatmaps/{source.name}`"))
-    blocks += _selection_blocks(runs.root / "shared" / "analysis" / "selection.json")
+    blocks += _selection_blocks(runs.layout.selection)
     return blocks if len(blocks) > 1 else []
 
 
@@ -76,23 +66,9 @@ def statistics_notes() -> list[Block]:
     return [Heading(3, "Statistics used"), Bullets(items)]
 
 
-def source_section(runs: RunsDir) -> list[Block]:
-    """The source MoE's architecture (its HF config) and final validation loss."""
-    config = _read_json(runs.root / "shared" / "source" / "hf" / "config.json")
-    if not config:
-        return []
-    items = [f"`{k}`: {config[k]}" for k in SOURCE_FIELDS if config.get(k) is not None]
-    metrics = runs.root / "shared" / "source" / "metrics.csv"
-    if metrics.is_file():
-        steps, values = curve(read_metrics_csv(metrics), "val/loss")
-        if steps:
-            items.append(f"final validation loss: {values[-1]:.4f} at step {steps[-1]:g}")
-    return [Heading(3, "Source MoE"), Bullets(items)]
-
-
 def bank_section(runs: RunsDir) -> list[Block]:
     """Tucker settings, ranks and relative reconstruction errors of the knowledge bank."""
-    manifest = _read_json(runs.root / "shared" / "bank" / "manifest.json")
+    manifest = _read_json(bank_manifest(runs.layout.bank))
     if not manifest:
         return []
     tucker = manifest.get("tucker") or {}

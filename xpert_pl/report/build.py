@@ -12,6 +12,7 @@ from xpert_pl.report import appendix, sections
 from xpert_pl.report.analysis import Analysis
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
 from xpert_pl.report.runs import RunsDir, load_runs
+from xpert_pl.report.source import source_section
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def build_blocks(analysis: Analysis, figures: Path, layer_heatmaps: bool = False
     """Every section of the report, in reading order (figures are written under `figures`)."""
     runs = analysis.runs
     blocks: list[Block] = [Heading(1, f"XPERT report: {runs.root.resolve().name}"), Paragraph(_overview(runs))]
+    blocks += source_section(runs.layout)
     blocks += sections.verdict_section(analysis)
     blocks += sections.runs_section(runs)
     for scale, budget in analysis.headline_groups():
@@ -70,7 +72,6 @@ def build_blocks(analysis: Analysis, figures: Path, layer_heatmaps: bool = False
     blocks += appendix.activation_section(runs, figures, layer_heatmaps)
     blocks.append(Heading(2, "Appendix"))
     blocks += appendix.statistics_notes()
-    blocks += appendix.source_section(runs)
     blocks += appendix.bank_section(runs)
     blocks += appendix.environment_section()
     blocks += appendix.configs_section(runs)

@@ -28,20 +28,39 @@ def seed_band(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return grid, table.mean(axis=0), table.min(axis=0), table.max(axis=0)
 
 
+# Scratch and XPERT keep their look in every figure; the other methods get a colour and a line style each, so no
+# two of up to 28 methods look alike (10 colours would repeat from the 11th method on).
+FIXED_STYLES = {"scratch": ("black", "-", 2.2), "xpert": ("#d62728", "-", 2.2)}
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+DASHES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[Any, Any, float]]:
+    """(colour, line style, width) per method: fixed for scratch and XPERT, a distinct pair for each other."""
+    others = [m for m in methods if m not in FIXED_STYLES]
+    pairs = [(c, d) for d in DASHES for c in COLOURS]
+    styles = {m: FIXED_STYLES[m] for m in methods if m in FIXED_STYLES}
+    styles |= {m: (*pairs[i % len(pairs)], 1.5) for i, m in enumerate(others)}
+    return styles
+
+
 def plot_loss_bands(curves: Mapping[str, Sequence[Curve]], path: Path, title: str) -> Path:
     """One line per method (mean over seeds) with a min-max band over seeds: validation loss against step."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    styles = method_styles(list(curves))
     for method, runs in curves.items():
         steps, mean, low, high = seed_band(runs)
         if steps.size == 0:
             continue
-        (line,) = ax.plot(steps, mean, label=f"{method} (n={len(runs)})", linewidth=1.6)
+        colour, dash, width = styles[method]
+        label = f"{method} (n={len(runs)})"
+        (line,) = ax.plot(steps, mean, label=label, color=colour, linestyle=dash, linewidth=width)
         if len(runs) > 1:
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
     ax.set(xlabel="optimizer step", ylabel="validation loss (nats/token)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncols=2 if len(curves) > 7 else 1)
     return _save(plt, fig, path)
 
 

@@ -1,6 +1,6 @@
 """Reading a runs directory written by `xpert bench run`: cells, their curves, final metrics and compute.
 
-Layout (see `xpert_pl.experiments.runner`): `cells/<scale>/<budget>/<method>/seed<k>/` with `cell.json`,
+Layout (see `xpert_pl.layout.RunLayout`): `cells/<scale>/<budget>/<method>/seed<k>/` with `cell.json`,
 `metrics.csv`, `config.yaml`, `objective.json`, optionally `sft/` (Rouge-L summary, lm-eval results).
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from xpert_pl.layout import RunLayout
 
 BASELINE = "scratch"
 XPERT = "xpert"
@@ -87,6 +89,11 @@ class RunsDir:
     absent: list[AbsentCell]
     matrix_text: str | None
     method_order: list[str]
+
+    @property
+    def layout(self) -> RunLayout:
+        """Where this runs folder's artifacts are."""
+        return RunLayout(self.root)
 
     def select(self, scale: str, budget: str, method: str) -> list[CellRun]:
         """The usable runs of a (scale, budget, method), by seed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -165,13 +166,16 @@ class _ParseOnlyCLI(XpertCLI):
         pass
 
 
-def run_lightning_cli(args: list[str], run: bool = True, parse_only: bool = False) -> XpertCLI:
-    """Run (or, with run=False, only build: the subcommand is then dropped) the LightningCLI for `args`;
-    `parse_only` checks the configuration and builds nothing (nothing is loaded, tokenised or written)."""
+def run_lightning_cli(args: list[str] | dict[str, Any], run: bool = True, parse_only: bool = False) -> XpertCLI:
+    """Run (or, with run=False, only build: the subcommand is then dropped) the LightningCLI for `args`: a command
+    line, or a configuration dict `{"fit": {...}}` (`xpert_pl.pipeline.fit`); `parse_only` checks the
+    configuration and builds nothing (nothing is loaded, tokenised or written)."""
     from lightning import LightningDataModule
 
     run = run and not parse_only
-    if not run and args and args[0] in LIGHTNING_COMMANDS:
+    if not run and isinstance(args, dict) and len(args) == 1 and next(iter(args)) in LIGHTNING_COMMANDS:
+        args = next(iter(args.values()))
+    elif not run and args and args[0] in LIGHTNING_COMMANDS:
         args = args[1:]
     # `xpert` passes its own argv on purpose; Lightning would warn that sys.argv holds the same arguments.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xpert_pl.errors import ConfigError, raise_if_problems
+from xpert_pl.layout import Artifact
 from xpert_pl.training.flops import forward_flops_per_token
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ class DistillationObjective(TrainingObjective):
     under `torch.no_grad()`; it is never a submodule of the LightningModule, so it is not checkpointed, optimised
     or wrapped by DDP. Its forward FLOPs are counted in `train/teacher_flops`.
     """
+
+    artifacts: ClassVar[dict[str, Artifact]] = {"teacher": Artifact.SOURCE}
 
     def __init__(
         self,

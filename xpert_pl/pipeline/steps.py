@@ -1,9 +1,11 @@
-"""`xpert analyze` and `xpert extract`: the XPERT steps between training the source and the students."""
+"""The XPERT steps between training the source and the students: `analyze` (routing counts, selection) and
+`extract` (the knowledge bank). `xpert analyze` / `xpert extract` wrap them."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,9 +17,9 @@ from xpert_pl.artifacts import atomic_directory, output_problems, replace_proble
 from xpert_pl.bank import TuckerConsolidator, extract_bank
 from xpert_pl.bank.extract import read_selection
 from xpert_pl.data import PretrainDataModule
-from xpert_pl.demo import demo
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.experts import moe_layers
+from xpert_pl.layout import BANK_MANIFEST_FILE, COUNTS_FILE, SELECTION_FILE
 from xpert_pl.models import load_causal_lm
 from xpert_pl.provenance import open_checked_source, source_fingerprint, source_record
 from xpert_pl.resume import FinishedUnits, partial_directory
@@ -25,7 +27,27 @@ from xpert_pl.tokenizer import check_tokenizer_matches
 
 log = logging.getLogger(__name__)
 
-__all__ = ["analyze", "demo", "extract"]
+__all__ = ["AnalysisResult", "BankResult", "analyze", "extract"]
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What `analyze` wrote: the analysis folder, its selection and counts files, and the selected experts."""
+
+    out_dir: Path
+    selection: Path
+    counts: Path
+    experts: dict[int, list[int]]
+    """Selected experts per source layer."""
+
+
+@dataclass(frozen=True)
+class BankResult:
+    """What `extract` wrote: the bank folder, its manifest, and how many bank layers it holds."""
+
+    out_dir: Path
+    manifest: Path
+    layers: int
 
 
 def analyze(
@@ -39,7 +61,7 @@ def analyze(
     domains: str | None = None,
     precision: Precision = "auto",
     devices: int = 1,
-) -> None:
+) -> AnalysisResult | None:
     """Count how often each expert is routed to, per layer and domain, and select the consistent experts.
 
     Args:
@@ -55,6 +77,9 @@ def analyze(
             is loaded in that dtype. Counts accumulate in int64/float64 regardless.
         devices: devices to count on (CUDA when available, else CPU processes); above 1 the batches are shared
             out by Lightning DDP (one process per device) and only rank 0 writes.
+
+    Returns:
+        What was written (None on a rank other than 0 of a multi-device run).
     """
     from xpert_pl.analysis.counter import compute_dtype
     from xpert_pl.analysis.run import write_analysis
@@ -79,7 +104,7 @@ def analyze(
     finished = FinishedUnits(partial_directory(out_dir), settings) if devices == 1 else None
     counts = _count_routing(source, data, device, devices, max_tokens_per_domain, precision, finished)
     if counts is None:  # a rank other than 0 of a multi-device run: rank 0 writes
-        return
+        return None
     meta = {
         "model": str(model),
         "model_fingerprint": fingerprint,
@@ -101,6 +126,9 @@ def analyze(
     for layer in selection.layers:
         log.info("layer %d: experts %s", layer.layer, layer.experts)
     log.info("analysis written to %s", Path(out_dir).resolve())
+    out = Path(out_dir)
+    experts = {layer.layer: list(layer.experts) for layer in selection.layers}
+    return AnalysisResult(out, out / SELECTION_FILE, out / COUNTS_FILE, experts)
 
 
 def _prepare_domains(
@@ -193,7 +221,7 @@ def extract(
     trust_remote_code: bool = False,
     group_layers: int | None = None,
     dry_run: bool = False,
-) -> None:
+) -> BankResult | None:
     """Stack the selected experts per layer and matrix, Tucker-decompose them, and save the knowledge bank.
 
     Args:
@@ -209,6 +237,9 @@ def extract(
             None: one bank layer per selected layer.
         dry_run: validate the inputs, print per layer (or group) and matrix the stacked shape, ranks, algorithm
             and memory, read from the weight files' headers, and stop: nothing is decomposed or written.
+
+    Returns:
+        What was written (None for a dry run).
     """
     from xpert_pl.bank import format_plan, plan_extraction
     from xpert_pl.checkpoint import open_expert_source
@@ -230,7 +261,7 @@ def extract(
         fate = "would be created" if not Path(out_dir).exists() else "exists and would be replaced"
         fate = fate if problem is None else f"would be refused: {problem}"
         print(f"dry run: nothing was decomposed or written ({out_dir} {fate})")
-        return
+        return None
     settings = {"source": fingerprint, "selection": chosen, "group_layers": group_layers}
     finished = FinishedUnits(partial_directory(out_dir), {**settings, "tucker": consolidator.describe()})
     bank = extract_bank(
@@ -244,3 +275,4 @@ def extract(
     bank.save(out_dir)
     finished.discard()
     log.info("knowledge bank written to %s", Path(out_dir).resolve())
+    return BankResult(Path(out_dir), Path(out_dir) / BANK_MANIFEST_FILE, len(bank.manifest.get("layers", [])))
