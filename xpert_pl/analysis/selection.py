@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         TopFrequencySelector,
     )
 
+SELECTION_FILE = "selection.json"  # the file of an analysis directory that holds its `Selection`
 SELECTION_KEYS = ("strategy", "n", "num_experts", "top_k", "domains", "score", "layers")
 LAYER_KEYS = ("layer", "experts", "weights", "scores")
 WEIGHTINGS = ("frequency", "uniform")

@@ -33,11 +33,12 @@ import yaml
 from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
+from xpert_pl.data.tokenizer_training import train_tokenizer
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
 from xpert_pl.paths import data_root as resolve_data_root
-from xpert_pl.tokenizer import META_FILE, train_tokenizer
+from xpert_pl.tokenizer import META_FILE
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,8 @@ class MatrixRunner:
     def config_problems(self) -> list[str]:
         """Every cell's `xpert fit` configuration parsed and checked (nothing built or run), one problem per cell
         kind (scale x method, and its fine-tuning), so a typo surfaces before the shared stages start."""
-        from xpert_pl.cli import run_lightning_cli
         from xpert_pl.cli_errors import explain
+        from xpert_pl.training.lightning_cli import run_lightning_cli
 
         problems, seen = [], set()
         for cell in self.matrix.cells():

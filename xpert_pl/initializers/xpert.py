@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from xpert_pl.adaptation import SourceFFN
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.initializers.shared import Collapse, collapse_bank
-from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit
 
 
 class XpertInit(FFNTransferInit):

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-BASELINE = "scratch"
+from xpert_pl.experiments.matrix import BASELINE
+
 XPERT = "xpert"
 
 Curve = tuple[list[float], list[float]]
