@@ -17,7 +17,6 @@ from transformers import PreTrainedTokenizerFast
 # to one test's capsys stream, which is closed by the time a later test logs.
 import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.cli import main
-from xpert_pl.data.tokenizer_training import train_tokenizer
 from xpert_pl.errors import ConfigError
 from xpert_pl.paths import DataRootError, data_root
 from xpert_pl.tokenizer import (
@@ -29,6 +28,7 @@ from xpert_pl.tokenizer import (
     load_tokenizer,
     train_bpe_tokenizer,
 )
+from xpert_pl.tokenizer_training import train_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
@@ -107,7 +107,7 @@ def _corpus(root: Path) -> Path:
 
 def test_train_tokenizer_trains_once_then_reuses(tmp_path, caplog) -> None:
     root, path = _corpus(tmp_path / "root"), tmp_path / "tok"
-    with caplog.at_level(logging.INFO, logger="xpert_pl.data.tokenizer_training"):
+    with caplog.at_level(logging.INFO, logger="xpert_pl.tokenizer_training"):
         assert train_tokenizer(path, str(root), vocab_size=400, max_chars_per_domain=1000) == path
     assert any("training" in r.message for r in caplog.records)
     meta = json.loads((path / META_FILE).read_text())
@@ -115,7 +115,7 @@ def test_train_tokenizer_trains_once_then_reuses(tmp_path, caplog) -> None:
     assert meta["settings"] == {"vocab_size": 400, "max_chars_per_domain": 1000}
     mtime = (path / "tokenizer.json").stat().st_mtime_ns
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="xpert_pl.data.tokenizer_training"):
+    with caplog.at_level(logging.INFO, logger="xpert_pl.tokenizer_training"):
         train_tokenizer(path, str(root), vocab_size=400, max_chars_per_domain=1000)
     assert not any("training" in r.message for r in caplog.records)
     assert (path / "tokenizer.json").stat().st_mtime_ns == mtime
@@ -260,7 +260,7 @@ def _config_only_model(path: Path, vocab_size: int, tokenizer_dir: Path | None =
 def test_check_tokenizer_matches_sizes_and_vocabularies(trained, tiny_tokenizer_dir, tmp_path, caplog) -> None:
     _, tok = trained  # 512 tokens at most, trained on TEXTS
     size = len(tok)
-    with caplog.at_level(logging.WARNING, logger="xpert_pl.data.tokenizer_training"):
+    with caplog.at_level(logging.WARNING, logger="xpert_pl.tokenizer"):
         check_tokenizer_matches(tok, _config_only_model(tmp_path / "padded", size + 24))
     assert any(str(size) in r.message and str(size + 24) in r.message for r in caplog.records)
     with pytest.raises(ConfigError, match=rf"tokenizer has {size} tokens but .* has vocab_size {size + 24}"):

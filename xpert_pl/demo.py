@@ -43,9 +43,9 @@ def demo(
         config_dir: directory with `{source,pretrain,analyze,extract}/tiny.yaml` (default: the shipped configs,
             listed by `xpert configs`).
     """
-    from xpert_pl.data.tokenizer_training import train_tokenizer
     from xpert_pl.demo_report import write_demo_report
     from xpert_pl.tokenizer import META_FILE
+    from xpert_pl.tokenizer_training import train_tokenizer
 
     start = time.perf_counter()
     out, configs = Path(out_dir), Path(config_dir) if config_dir else CONFIG_DIR

@@ -1,5 +1,5 @@
 """Tokenizers: loaded as named (a local directory or a Hub id), trained only when asked (`xpert tokenizer`, whose
-corpus side is `xpert_pl.data.tokenizer_training`), and checked against the model they are used with."""
+corpus side is `xpert_pl.tokenizer_training`), and checked against the model they are used with."""
 
 from __future__ import annotations
 

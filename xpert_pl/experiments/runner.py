@@ -33,12 +33,12 @@ import yaml
 from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
-from xpert_pl.data.tokenizer_training import train_tokenizer
 from xpert_pl.errors import raise_if_problems
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, load_matrix
 from xpert_pl.experiments.stages import CachedStages, command_in_process, fit_in_process, validation_interval
 from xpert_pl.paths import data_root as resolve_data_root
 from xpert_pl.tokenizer import META_FILE
+from xpert_pl.tokenizer_training import train_tokenizer
 
 log = logging.getLogger(__name__)
 

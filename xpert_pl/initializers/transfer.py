@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -58,10 +58,10 @@ class FFNTransfer:
 
     def __post_init__(self) -> None:
         choices = {
-            "rescale": ("expert_norm", "target_init", "none"),
-            "depth_strategy": ("uniform", "first", "grouped"),
-            "neuron_selection": ("energy", "uniform"),
-            "wider_ffn": ("scratch", "split"),
+            "rescale": get_args(RescaleMode),
+            "depth_strategy": get_args(DepthStrategy),
+            "neuron_selection": get_args(NeuronSelection),
+            "wider_ffn": get_args(WiderFFN),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

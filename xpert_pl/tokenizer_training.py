@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from xpert_pl.artifacts import read_json
-from xpert_pl.data.corpus import default_domains, load_domain_texts
 from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.tokenizer import META_FILE, MIN_VOCAB, train_bpe_tokenizer
 
@@ -25,6 +24,9 @@ def corpus_training_texts(
     Returns:
         A lazy iterator of texts and the list of domain names.
     """
+    # Imported here: xpert_pl.data loads Lightning, and `xpert bench --help` imports this module.
+    from xpert_pl.data.corpus import default_domains, load_domain_texts
+
     specs = default_domains(data_root)
 
     def generate() -> Iterator[str]:
