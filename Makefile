@@ -1,4 +1,4 @@
-# make demo: the whole XPERT experiment at CPU scale; make test: the test suite.
+# make demo: the whole XPERT experiment at CPU scale; make test: the import layers (lint-imports) and the test suite.
 # Both create/refresh the virtual environment first. Torch is installed on its own, pinned, before the package:
 # on this kind of machine `torch==2.13.0` is a CPU wheel on local disk, and once it is there the package's looser
 # torch range is already satisfied, so pip never pulls a multi-GB CUDA build. Elsewhere choose the build with
@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(BIN)/xpert report runs/demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

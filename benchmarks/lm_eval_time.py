@@ -23,7 +23,8 @@ import torch
 import transformers
 
 from xpert_pl.evaluation import STANDARD_TASKS, evaluate_lm
-from xpert_pl.models import DenseStudent, count_parameters
+from xpert_pl.model_card import count_parameters
+from xpert_pl.models import DenseStudent
 from xpert_pl.tokenizer import load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lm_eval_time.json"

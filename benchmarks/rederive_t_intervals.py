@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xpert_pl.experiments.matrix import BASELINE
 from xpert_pl.report import appendix, sections
-from xpert_pl.report.analysis import VAL_LOSS, Analysis, paired_dict
 from xpert_pl.report.build import _finite
+from xpert_pl.report.comparison import VAL_LOSS, RunComparison, paired_dict
 from xpert_pl.report.render import Block, Bullets, Paragraph, to_html, to_markdown
-from xpert_pl.report.runs import BASELINE, XPERT, CellRun, RunsDir
+from xpert_pl.report.runs import XPERT, CellRun, RunsDir
 from xpert_pl.report.stats import MIN_SEEDS, Paired, paired, t_interval_from_p
 
 DERIVED = "paired t, 95%, derived from mean_diff and p_value (per-seed values not kept)"
@@ -133,7 +134,7 @@ def rederive(summary: dict[str, Any]) -> None:
 
 
 @dataclass
-class RecordedAnalysis(Analysis):
+class RecordedAnalysis(RunComparison):
     """What the statistics sections read, served from a report.json instead of a runs directory."""
 
     summary: dict[str, Any] = field(default_factory=dict)

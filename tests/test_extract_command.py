@@ -11,9 +11,9 @@ import pytest
 import xpert_pl.training.lightning_cli  # noqa: F401
 from xpert_pl.bank import KnowledgeBank, TuckerConsolidator, format_plan, plan_extraction
 from xpert_pl.bank.extract import bank_file_bytes
-from xpert_pl.checkpoint import CheckpointExperts
 from xpert_pl.cli import main
 from xpert_pl.models import load_causal_lm
+from xpert_pl.sources.checkpoint import CheckpointExperts
 
 
 def _extract(source, analysis, out, *extra: str) -> list[str]:

@@ -21,7 +21,6 @@ import xpert_pl.training.lightning_cli
 from xpert_pl.bank import KnowledgeBank
 from xpert_pl.bank.store import BankIntegrityError
 from xpert_pl.bank.tucker import TuckerConsolidator
-from xpert_pl.checkpoint import CheckpointExperts
 from xpert_pl.cli import main
 from xpert_pl.errors import ConfigError
 from xpert_pl.initializers import (
@@ -35,6 +34,7 @@ from xpert_pl.initializers import (
 from xpert_pl.models import DenseStudent, load_causal_lm
 from xpert_pl.provenance import SourceMismatchError, architecture_fields, source_fingerprint
 from xpert_pl.resume import partial_directory
+from xpert_pl.sources.checkpoint import CheckpointExperts
 
 ROUTER = "model.layers.2.mlp.gate.weight"
 
@@ -103,7 +103,7 @@ def _state_digest(model: torch.nn.Module) -> str:
 
 def test_one_fingerprint_from_disk_and_from_live_models_in_any_dtype(tiny_source_dir):
     disk = source_fingerprint(tiny_source_dir)
-    assert len(disk) == 16 and CheckpointExperts(tiny_source_dir).fingerprint() == disk
+    assert len(disk) == 16 and source_fingerprint(CheckpointExperts(tiny_source_dir)) == disk
     assert json.loads((tiny_source_dir / "config.json").read_text())["dtype"] == "float32"
     for dtype in (torch.float32, torch.bfloat16):
         live = load_causal_lm(tiny_source_dir, dtype=dtype)

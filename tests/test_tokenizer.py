@@ -27,8 +27,8 @@ from xpert_pl.tokenizer import (
     is_hub_id,
     load_tokenizer,
     train_bpe_tokenizer,
-    train_tokenizer,
 )
+from xpert_pl.tokenizer_training import train_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
@@ -107,7 +107,7 @@ def _corpus(root: Path) -> Path:
 
 def test_train_tokenizer_trains_once_then_reuses(tmp_path, caplog) -> None:
     root, path = _corpus(tmp_path / "root"), tmp_path / "tok"
-    with caplog.at_level(logging.INFO, logger="xpert_pl.tokenizer"):
+    with caplog.at_level(logging.INFO, logger="xpert_pl.tokenizer_training"):
         assert train_tokenizer(path, str(root), vocab_size=400, max_chars_per_domain=1000) == path
     assert any("training" in r.message for r in caplog.records)
     meta = json.loads((path / META_FILE).read_text())
@@ -115,7 +115,7 @@ def test_train_tokenizer_trains_once_then_reuses(tmp_path, caplog) -> None:
     assert meta["settings"] == {"vocab_size": 400, "max_chars_per_domain": 1000}
     mtime = (path / "tokenizer.json").stat().st_mtime_ns
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="xpert_pl.tokenizer"):
+    with caplog.at_level(logging.INFO, logger="xpert_pl.tokenizer_training"):
         train_tokenizer(path, str(root), vocab_size=400, max_chars_per_domain=1000)
     assert not any("training" in r.message for r in caplog.records)
     assert (path / "tokenizer.json").stat().st_mtime_ns == mtime

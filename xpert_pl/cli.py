@@ -32,7 +32,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 # The other commands as "module:function" (or a mapping of subcommands), imported only when that command runs:
 # `xpert --help`, an unknown command and `xpert report` never pay for torch and Lightning.
 FUNCTION_COMMANDS: dict[str, str | dict[str, str]] = {
-    "tokenizer": "xpert_pl.tokenizer:train_tokenizer",
+    "tokenizer": "xpert_pl.tokenizer_training:train_tokenizer",
     "analyze": "xpert_pl.pipeline.steps:analyze",
     "extract": "xpert_pl.pipeline.steps:extract",
     "bench": {"run": "xpert_pl.experiments.runner:bench_run"},

@@ -55,6 +55,11 @@ def read_facts(directory: str | Path) -> dict[str, Any] | None:
     return facts if isinstance(facts, dict) else None
 
 
+def count_parameters(model: Any) -> int:
+    """Number of parameters of a torch module."""
+    return sum(p.numel() for p in model.parameters())
+
+
 @dataclass
 class ModelFacts:
     """What a model card states about an exported model."""
@@ -75,8 +80,6 @@ class ModelFacts:
     def of_model(cls, model: Any, method: str, parameters: int | None = None, **facts: Any) -> ModelFacts:
         """Facts of a Hugging Face model: its class, parameter count (unless given) and special token ids, plus
         `facts`."""
-        from xpert_pl.models import count_parameters
-
         ids = {key: getattr(model.config, key, None) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
         count = count_parameters(model) if parameters is None else parameters
         return cls(method, type(model).__name__, count, special_token_ids=ids, **facts)

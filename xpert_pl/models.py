@@ -220,11 +220,6 @@ def set_special_token_ids(model: PreTrainedModel, tokenizer: Any) -> dict[str, i
     return ids
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
 UNTRAINED_MARKER = "untrained.json"
 
 

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 
 from xpert_pl.errors import ConfigError
-from xpert_pl.families import config_dict, family_of
+from xpert_pl.sources.checkpoint import CheckpointExperts, open_expert_source
+from xpert_pl.sources.experts import moe_layers
+from xpert_pl.sources.families import config_dict, family_of
 
 # Config keys that say how a model was loaded or run, not what it is.
 LOADING_KEYS = frozenset(
@@ -71,16 +73,12 @@ def source_fingerprint(source: str | os.PathLike | Any) -> str:
         UnsupportedModelError: the model is not an MoE of a supported family.
         CheckpointError: a router weight is missing from the checkpoint.
     """
-    from xpert_pl.checkpoint import CheckpointExperts
-
     if isinstance(source, (str, os.PathLike)):
         source = CheckpointExperts(source)
     if isinstance(source, CheckpointExperts):
         config = source.config
         routers = [(layer, lambda layer=layer: source.router_weight(layer)) for layer in source.moe_layer_indices()]
     else:
-        from xpert_pl.experts import moe_layers
-
         config = source.config
         routers = [(moe.index, lambda moe=moe: moe.router.weight) for moe in moe_layers(source)]
     family_of(config)  # a non-MoE fails here with the list of supported families
@@ -146,15 +144,16 @@ def check_same_source(
 
 
 def open_checked_source(
-    data: Mapping[str, Any] | None, kind: str, where: str | os.PathLike, model: str, open_source: Callable[[], Any]
+    data: Mapping[str, Any] | None, kind: str, where: str | os.PathLike, model: str, trust_remote_code: bool = False
 ) -> tuple[Any, str]:
-    """Check an artifact against its source before any expert is read; returns the opened source and its fingerprint.
+    """Check an artifact against its source before any expert is read; returns the source opened by
+    `open_expert_source` and its fingerprint.
 
     The record is required before the source is opened (a missing one costs nothing to refuse); the source's
     fingerprint reads only its config and router weights.
     """
     record = require_record(data, kind, where, model)
-    source = open_source()
+    source = open_expert_source(model, trust_remote_code)
     fingerprint = source_fingerprint(source)
     check_same_source(record, kind, where, model, fingerprint)
     return source, fingerprint

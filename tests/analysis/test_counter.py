@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xpert_pl.analysis import ActivationCounts, ExpertActivationCounter, count_activations
-from xpert_pl.experts import UnsupportedModelError, moe_layers
+from xpert_pl.sources.experts import UnsupportedModelError, moe_layers
 
 
 def test_counts_sum_to_tokens_times_top_k(tiny_moe, make_batches):

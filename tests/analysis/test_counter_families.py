@@ -11,7 +11,7 @@ from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
 from xpert_pl.analysis import ExpertActivationCounter, count_activations
 from xpert_pl.analysis.counter import compute_dtype, precision_context
-from xpert_pl.experts import moe_layers
+from xpert_pl.sources.experts import moe_layers
 
 VOCAB = 64
 

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpert_pl.bank.adapt import collapse, depth_map, select_hidden, split_neurons, spread_hidden, uniform_indices
+from xpert_pl.adaptation import depth_map, select_hidden, split_neurons, spread_hidden, uniform_indices
+from xpert_pl.bank import collapse
 
 SIZES = st.integers(1, 300)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xpert_pl.bank import TuckerConsolidator, collapse, depth_map, rescale, select_hidden, select_neurons
+from xpert_pl.adaptation import depth_map, rescale, select_hidden, select_neurons
+from xpert_pl.bank import TuckerConsolidator, collapse
 
 
 def test_full_rank_collapse_is_the_weighted_average():

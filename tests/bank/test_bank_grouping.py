@@ -10,7 +10,7 @@ import torch
 
 from xpert_pl.bank import BankIntegrityError, KnowledgeBank, TuckerConsolidator, collapse, extract_bank
 from xpert_pl.bank import group_source_layers as group
-from xpert_pl.experts import MATRICES, moe_layers, stack_experts
+from xpert_pl.sources.experts import MATRICES, moe_layers, stack_experts
 
 
 @pytest.mark.parametrize(("count", "groups"), [(5, 2), (5, 1), (5, 5), (16, 8), (16, 12), (7, 3)])

@@ -9,7 +9,7 @@ import torch
 
 import xpert_pl.bank.store as store
 from xpert_pl.bank import BankIntegrityError, KnowledgeBank, TuckerConsolidator, extract_bank
-from xpert_pl.experts import MATRICES, moe_layers, stack_experts
+from xpert_pl.sources.experts import MATRICES, moe_layers, stack_experts
 
 
 def test_extract_shapes_weights_and_norms(olmoe, small_bank):

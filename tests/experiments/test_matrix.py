@@ -23,7 +23,9 @@ def test_shipped_matrices_build(name):
     per_seed_scale = len(matrix.methods) + len(matrix.sweep_methods) * (len(matrix.budgets) - 1)
     assert len(cells) == per_seed_scale * sum(len(matrix.scale_seeds(s)) for s in matrix.scales)
     assert {c.steps for c in cells} == set(matrix.budgets.values()) and short <= long
-    assert {c.method for c in cells if c.steps == short} == set(matrix.sweep_methods if short < long else matrix.methods)
+    assert {c.method for c in cells if c.steps == short} == set(
+        matrix.sweep_methods if short < long else matrix.methods
+    )
     assert "scratch" in matrix.methods
     if name != "demo.yaml":  # the demo is one seed at one budget; the benchmarks compare over seeds and budgets
         assert len(matrix.seeds) >= 2 and len(matrix.budgets) >= 2

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from xpert_pl.bank import BankEntry, KnowledgeBank, TuckerConsolidator
-from xpert_pl.experts import MATRICES
 from xpert_pl.models import DenseStudent
+from xpert_pl.sources.experts import MATRICES
 
 HIDDEN, INTERMEDIATE = 32, 64
 

@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
+from xpert_pl.adaptation import uniform_indices
 from xpert_pl.analysis import ActivationCounts, LeastFrequentSelector, RandomExpertSelector
 from xpert_pl.bank import TuckerConsolidator
-from xpert_pl.bank.adapt import uniform_indices
-from xpert_pl.experts import expert_matrix, moe_layers
 from xpert_pl.initializers import (
     FFNTransfer,
     FullExpertsInit,
@@ -24,6 +23,7 @@ from xpert_pl.initializers import (
 from xpert_pl.initializers.peers import fit_linear_expansion
 from xpert_pl.models import DenseStudent, load_causal_lm
 from xpert_pl.provenance import source_fingerprint, source_record
+from xpert_pl.sources.experts import expert_matrix, moe_layers
 
 MATS = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 FAST = TuckerConsolidator(n_iter_max=3)  # a few HOOI sweeps: the selection, not the decomposition, is tested

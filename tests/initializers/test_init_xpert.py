@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from xpert_pl.bank import BankIntegrityError, select_hidden, select_neurons
-from xpert_pl.bank.adapt import spread_hidden
+from xpert_pl.adaptation import select_hidden, select_neurons, spread_hidden
+from xpert_pl.bank import BankIntegrityError
 from xpert_pl.initializers import FFNTransfer, ScratchInit, UnsupportedStudentError, XpertInit
 from xpert_pl.models import OlmoeSource
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from xpert_pl.bank.adapt import select_hidden
+from xpert_pl.adaptation import select_hidden
 from xpert_pl.initializers import ScratchInit, WithSourceWeights, XpertInit
 from xpert_pl.models import DenseStudent, load_causal_lm
 

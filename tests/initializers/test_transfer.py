@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xpert_pl.bank.adapt import split_neurons, uniform_indices
+from xpert_pl.adaptation import split_neurons, uniform_indices
 from xpert_pl.initializers import FFNTransfer, SourceFFN
 
 HIDDEN, INTER = 32, 64

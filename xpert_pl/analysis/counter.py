@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from xpert_pl.artifacts import load_tensors, read_json, save_tensors, write_json
-from xpert_pl.experts import moe_layers
+from xpert_pl.sources.experts import moe_layers
 
 COUNTS_TENSORS = "counts.safetensors"
 COUNTS_META = "counts.json"

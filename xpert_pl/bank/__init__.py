@@ -1,6 +1,6 @@
-"""Knowledge bank: Tucker-consolidated selected experts, their storage, and adaptation to a student."""
+"""Knowledge bank: Tucker-consolidated selected experts, their storage and their collapse to dense matrices
+(adapting those to a student is `xpert_pl.adaptation`)."""
 
-from xpert_pl.bank.adapt import collapse, depth_map, neuron_energy, rescale, select_hidden, select_neurons
 from xpert_pl.bank.extract import (
     PlannedDecomposition,
     extract_bank,
@@ -10,7 +10,7 @@ from xpert_pl.bank.extract import (
     read_selection,
 )
 from xpert_pl.bank.store import BankEntry, BankIntegrityError, KnowledgeBank
-from xpert_pl.bank.tucker import TuckerConsolidator, TuckerFactors
+from xpert_pl.bank.tucker import TuckerConsolidator, TuckerFactors, collapse
 
 __all__ = [
     "BankEntry",
@@ -20,14 +20,9 @@ __all__ = [
     "TuckerConsolidator",
     "TuckerFactors",
     "collapse",
-    "depth_map",
     "extract_bank",
     "format_plan",
     "group_source_layers",
-    "neuron_energy",
     "plan_extraction",
     "read_selection",
-    "rescale",
-    "select_hidden",
-    "select_neurons",
 ]

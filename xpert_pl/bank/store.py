@@ -24,7 +24,7 @@ import torch
 
 from xpert_pl.artifacts import atomic_directory, load_tensors, read_json, save_tensors, sha256_file, write_json
 from xpert_pl.bank.tucker import TuckerFactors
-from xpert_pl.experts import MATRICES
+from xpert_pl.sources.experts import MATRICES
 
 FORMAT = "xpert-knowledge-bank"
 FORMAT_VERSION = 1

@@ -320,3 +320,20 @@ def _check_energy(ranks: Sequence[int | float | None], energy: float | None) -> 
         )
     if energy is not None and not 0.0 < energy <= 1.0:
         raise ValueError(f"energy must lie in (0, 1], got {energy}")
+
+
+def collapse(core: torch.Tensor, factors: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """W = G x1 U1 x2 U2 x3 (w^T U3): a (d1 x d2) matrix, computed in float64 and returned as float32.
+
+    Args:
+        core: Tucker core G (r1 x r2 x r3).
+        factors: [U1 (d1 x r1), U2 (d2 x r2), U3 (n x r3)].
+        weights: expert weights w (n,), normally summing to 1.
+    """
+    u1, u2, u3 = (f.double() for f in factors)
+    w = weights.double().reshape(-1)
+    if w.shape[0] != u3.shape[0]:
+        raise ValueError(f"{w.shape[0]} weights for {u3.shape[0]} experts")
+    mixed = w @ u3  # (r3,): the expert mode contracted with the weights
+    inner = torch.tensordot(core.double(), mixed, dims=([2], [0]))  # (r1 x r2)
+    return (u1 @ inner @ u2.T).float()

@@ -2,9 +2,10 @@
 
 from xpert_pl.data.corpus import DomainSpec, default_domains
 from xpert_pl.data.dolly import DollyInstructions, minillm_dolly_split
+from xpert_pl.data.instruction_sources import InstructionSource, JsonlInstructions
 from xpert_pl.data.pretrain import PretrainDataModule
 from xpert_pl.data.prompts import InstructionExample, alpaca_prompt
-from xpert_pl.data.sft import InstructionSource, JsonlInstructions, SFTDataModule
+from xpert_pl.data.sft import SFTDataModule
 from xpert_pl.data.superni import SuperNIInstructions
 
 __all__ = [

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from xpert_pl.data.instruction_sources import InstructionSource, InstructionSplits, read_example_files
 from xpert_pl.data.prompts import example_from_row
-from xpert_pl.data.sft import InstructionSource, InstructionSplits, read_example_files
 
 T = TypeVar("T")
 DOLLY_HUB_ID = "databricks/databricks-dolly-15k"

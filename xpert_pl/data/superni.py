@@ -25,8 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from xpert_pl.data.instruction_sources import InstructionSource, InstructionSplits, resolve_paths
 from xpert_pl.data.prompts import InstructionExample
-from xpert_pl.data.sft import InstructionSource, InstructionSplits, resolve_paths
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from xpert_pl.experiments.stages import CachedStages, validation_interval
 from xpert_pl.layout import CELL_FILE, HF_DIR, SELECTION_FILE, Artifact, RunLayout, bank_manifest, hf_config
 from xpert_pl.paths import data_root as resolve_data_root
 from xpert_pl.pipeline.config import Config, bind_artifacts, load_config, merge, needed_artifacts, nested
-from xpert_pl.tokenizer import META_FILE, train_tokenizer
+from xpert_pl.tokenizer import META_FILE
+from xpert_pl.tokenizer_training import train_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ Modules by concept: `xpert` (XPERT), `referee` (random/rare/full/single-expert c
 shared machinery is `transfer` (`FFNTransfer`, every expert-based method's `transfer` argument) and `shared`.
 """
 
+from xpert_pl.adaptation import SourceFFN, UnsupportedStudentError
 from xpert_pl.initializers.base import Initializer, InitReport
 from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
 from xpert_pl.initializers.referee import FullExpertsInit, RandomExpertsInit, RareExpertsInit, SingleExpertInit
@@ -17,7 +18,7 @@ from xpert_pl.initializers.statistics import (
     SpectrumMatchedInit,
     UntrainedSourceInit,
 )
-from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN, UnsupportedStudentError
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit
 from xpert_pl.initializers.xpert import XpertInit
 
 __all__ = [

@@ -13,20 +13,20 @@ from typing import ClassVar, Literal
 
 import torch
 
-from xpert_pl.analysis.selection import Selection
+from xpert_pl.adaptation import SourceFFN
+from xpert_pl.analysis.selection import SELECTION_FILE, Selection
 from xpert_pl.analysis.strategies import TopFrequencySelector
-from xpert_pl.checkpoint import open_expert_source
-from xpert_pl.experts import MATRICES
 from xpert_pl.initializers.shared import (
-    SELECTION_FILE,
     all_experts_choice,
     analysis_source,
     average_experts,
     load_analysis,
     selection_choice,
 )
-from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit
 from xpert_pl.layout import Artifact
+from xpert_pl.sources.checkpoint import open_expert_source
+from xpert_pl.sources.experts import MATRICES
 
 ExpertChoice = Literal["average", "top"]
 

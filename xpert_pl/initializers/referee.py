@@ -15,6 +15,7 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from xpert_pl.adaptation import SourceFFN
 from xpert_pl.analysis.selection import ExpertSelector, Selection
 from xpert_pl.analysis.strategies import LeastFrequentSelector, RandomExpertSelector, TopFrequencySelector
 from xpert_pl.bank.extract import extract_bank
@@ -30,7 +31,7 @@ from xpert_pl.initializers.shared import (
     load_analysis,
     selection_choice,
 )
-from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit
 from xpert_pl.layout import Artifact
 
 

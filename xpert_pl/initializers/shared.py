@@ -10,17 +10,15 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from xpert_pl.adaptation import SourceFFN
 from xpert_pl.analysis.counter import ActivationCounts
-from xpert_pl.analysis.selection import Selection
-from xpert_pl.bank.adapt import collapse
-from xpert_pl.bank.extract import expert_reader
+from xpert_pl.analysis.selection import SELECTION_FILE, Selection
 from xpert_pl.bank.store import KnowledgeBank
-from xpert_pl.checkpoint import open_expert_source
-from xpert_pl.experts import MATRICES
-from xpert_pl.initializers.transfer import SourceFFN
+from xpert_pl.bank.tucker import collapse
 from xpert_pl.provenance import analysis_record, open_checked_source
+from xpert_pl.sources.experts import MATRICES
+from xpert_pl.sources.reader import expert_reader
 
-SELECTION_FILE = "selection.json"
 Collapse = Literal["frequency", "uniform"]
 # source layer -> (expert ids, weights summing to 1)
 LayerChoice = dict[int, tuple[list[int], list[float]]]
@@ -39,10 +37,7 @@ def checked_source(
 ) -> Any:
     """The opened source (see `open_expert_source`), once `artifact` (a selection or an analysis's source data) is
     shown to be made from it; SourceMismatchError otherwise, before any expert is read."""
-    opened, _ = open_checked_source(
-        artifact, kind, where, source, lambda: open_expert_source(source, trust_remote_code)
-    )
-    return opened
+    return open_checked_source(artifact, kind, where, source, trust_remote_code)[0]
 
 
 def analysis_source(analysis: str, source: str, trust_remote_code: bool = False) -> Any:
@@ -72,7 +67,7 @@ def average_experts(source: Any, choice: LayerChoice, progress: bool = True) -> 
     """Per layer, the weighted average of the chosen experts' matrices and their mean Frobenius norm.
 
     Args:
-        source: a `CheckpointExperts` or a live MoE (see `xpert_pl.checkpoint.open_expert_source`).
+        source: a `CheckpointExperts` or a live MoE (see `xpert_pl.sources.checkpoint.open_expert_source`).
         choice: source layer -> (expert ids, weights summing to 1).
         progress: show a tqdm bar over layers.
     """

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from xpert_pl.bank.adapt import depth_map, select_hidden, spread_hidden, uniform_indices
-from xpert_pl.checkpoint import CheckpointExperts, open_expert_source
-from xpert_pl.families import config_dict
+from xpert_pl.adaptation import depth_map, hidden_indices, uniform_indices, write_block
 from xpert_pl.initializers.base import Initializer, InitReport
 from xpert_pl.layout import Artifact
 from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
+from xpert_pl.sources.checkpoint import CheckpointExperts, open_expert_source
+from xpert_pl.sources.families import config_dict
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -50,16 +50,6 @@ def heads_of(config: dict[str, Any]) -> tuple[int, int, int]:
     kv = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     return heads, kv, head_dim
-
-
-def write_block(weight: torch.Tensor, block: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None):
-    """Copy `block` into the (rows x cols) cells of `weight` (None: all rows / columns; 1-D weights use rows)."""
-    rows = torch.arange(weight.shape[0]) if rows is None else rows
-    if weight.ndim == 1:
-        weight[rows] = block.to(weight.dtype)
-        return
-    cols = torch.arange(weight.shape[1]) if cols is None else cols
-    weight[rows[:, None], cols[None, :]] = block.to(weight.dtype)
 
 
 class WithSourceWeights(Initializer):
@@ -102,7 +92,7 @@ class WithSourceWeights(Initializer):
         report = self.base.initialize(model)
         tensors = SourceTensors(source)
         params = dict(model.named_parameters())
-        hidden = _hidden_rule(int(tensors.config["hidden_size"]), model.config.hidden_size)
+        hidden = hidden_indices(int(tensors.config["hidden_size"]), model.config.hidden_size)
         written, details = [], {"source": self.source}
         if self.attention:
             details["attention"] = self._attention(model, tensors, params, hidden, written)
@@ -149,13 +139,6 @@ class WithSourceWeights(Initializer):
                 )
                 written.append(f"model.layers.{j}.{norm}.weight")
         return {"depth_map": mapping, "heads_kept": keep_q.tolist(), "kv_heads_kept": keep_kv.tolist()}
-
-
-def _hidden_rule(source: int, target: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(source hidden indices to read, student positions to write), as for the FFN; None means all."""
-    if target == source:
-        return None, None
-    return (select_hidden(source, target), None) if target < source else (None, spread_hidden(source, target))
 
 
 def _copy_heads(params, name: str, weight: torch.Tensor, keep: torch.Tensor, head_dim: int, hidden) -> None:

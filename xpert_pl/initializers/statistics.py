@@ -21,15 +21,16 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from xpert_pl.adaptation import PROJ, student_mlps
 from xpert_pl.bank.store import KnowledgeBank
-from xpert_pl.checkpoint import has_safetensors_weights
 from xpert_pl.initializers.base import InitReport
 from xpert_pl.initializers.shared import Collapse
-from xpert_pl.initializers.transfer import PROJ, FFNTransfer, student_mlps
+from xpert_pl.initializers.transfer import FFNTransfer
 from xpert_pl.initializers.xpert import XpertInit
 from xpert_pl.layout import Artifact
 from xpert_pl.models import UNTRAINED_MARKER
 from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
+from xpert_pl.sources.checkpoint import has_safetensors_weights
 
 
 def random_orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:

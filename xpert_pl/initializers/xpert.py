@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from xpert_pl.adaptation import SourceFFN
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.initializers.shared import Collapse, collapse_bank
-from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit, SourceFFN
+from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit
 from xpert_pl.layout import Artifact
 
 

@@ -22,7 +22,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "train_tokenizer": "xpert_pl.tokenizer",
+    "train_tokenizer": "xpert_pl.tokenizer_training",
     "fit": "xpert_pl.pipeline.fit",
     "fine_tune": "xpert_pl.pipeline.fit",
     "FitResult": "xpert_pl.pipeline.fit",

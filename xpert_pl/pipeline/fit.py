@@ -32,14 +32,21 @@ class FitResult:
 
     @classmethod
     def read(cls, run_dir: Path) -> FitResult:
-        from xpert_pl.report.runs import read_metrics_csv
-
-        rows = read_metrics_csv(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).is_file() else []
-        final: dict[str, float] = {}
-        for row in rows:
-            final |= {k: v for k, v in row.items() if k.startswith("val/")}
         hf, last = run_dir / HF_DIR, run_dir / "checkpoints" / "last.ckpt"
+        final = last_validation(run_dir / METRICS_FILE)
         return cls(run_dir, hf if hf.is_dir() else None, last if last.is_file() else None, final)
+
+
+def last_validation(metrics_csv: Path) -> dict[str, float]:
+    """The last logged value of every `val/*` column of a CSVLogger metrics file ({} when there is none)."""
+    import csv
+
+    final: dict[str, float] = {}
+    if metrics_csv.is_file():
+        with metrics_csv.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                final |= {k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
+    return final
 
 
 def fit_config(

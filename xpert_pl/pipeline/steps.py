@@ -18,11 +18,11 @@ from xpert_pl.bank import TuckerConsolidator, extract_bank
 from xpert_pl.bank.extract import read_selection
 from xpert_pl.data import PretrainDataModule
 from xpert_pl.errors import raise_if_problems
-from xpert_pl.experts import moe_layers
 from xpert_pl.layout import BANK_MANIFEST_FILE, COUNTS_FILE, SELECTION_FILE
 from xpert_pl.models import load_causal_lm
 from xpert_pl.provenance import open_checked_source, source_fingerprint, source_record
 from xpert_pl.resume import FinishedUnits, partial_directory
+from xpert_pl.sources.experts import moe_layers
 from xpert_pl.tokenizer import check_tokenizer_matches
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _source_problems(model: str, selector: ExpertSelector, trust_remote_code: bo
     """Problems the source's config.json shows without loading weights: its family, and the selector's n."""
     from transformers import AutoConfig
 
-    from xpert_pl.families import UnsupportedModelError, family_of
+    from xpert_pl.sources.families import UnsupportedModelError, family_of
 
     if not Path(model).exists() and Path(model).is_absolute():
         return [f"--model '{model}' does not exist; give a Hugging Face model directory or hub id"]
@@ -242,7 +242,6 @@ def extract(
         What was written (None for a dry run).
     """
     from xpert_pl.bank import format_plan, plan_extraction
-    from xpert_pl.checkpoint import open_expert_source
 
     if not Path(selection).is_file():
         raise FileNotFoundError(f"selection '{selection}' not found; run `xpert analyze` first")
@@ -252,9 +251,7 @@ def extract(
     # A selection made from another model is refused before any expert is read (a local safetensors source is
     # read by key, so a large one never has to fit in memory).
     chosen = read_selection(selection)
-    source, fingerprint = open_checked_source(
-        chosen, "selection", selection, model, lambda: open_expert_source(model, trust_remote_code)
-    )
+    source, fingerprint = open_checked_source(chosen, "selection", selection, model, trust_remote_code)
     if dry_run:
         print(format_plan(plan_extraction(source, selection, consolidator, group_layers)))
         problem = replace_problem(out_dir, "bank")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xpert_pl.report import appendix, sections
-from xpert_pl.report.analysis import Analysis
+from xpert_pl.report.comparison import RunComparison
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
 from xpert_pl.report.runs import RunsDir, load_runs
 from xpert_pl.report.source import source_section
@@ -38,7 +38,7 @@ def write_report(
 
     out = Path(out_dir) if out_dir is not None else runs.root / "report"
     check_replaceable(out, "report")  # an existing folder is replaced only when it is an earlier report
-    analysis = Analysis(runs)
+    analysis = RunComparison(runs)
     title = f"XPERT report: {runs.root.resolve().name}"
     with atomic_directory(out, "report") as tmp:
         blocks = build_blocks(analysis, tmp / "figures", layer_heatmaps)
@@ -50,7 +50,7 @@ def write_report(
     return report
 
 
-def build_blocks(analysis: Analysis, figures: Path, layer_heatmaps: bool = False) -> list[Block]:
+def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = False) -> list[Block]:
     """Every section of the report, in reading order (figures are written under `figures`)."""
     runs = analysis.runs
     blocks: list[Block] = [Heading(1, f"XPERT report: {runs.root.resolve().name}"), Paragraph(_overview(runs))]
@@ -94,7 +94,7 @@ def _overview(runs: RunsDir) -> str:
     )
 
 
-def _tokens(analysis: Analysis, scale: str, budget: str) -> str:
+def _tokens(analysis: RunComparison, scale: str, budget: str) -> str:
     tokens = analysis.runs.budget_tokens(scale, budget)
     return f"{tokens:.4g} tokens" if tokens else "token budget unknown"
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from xpert_pl.experiments.matrix import BASELINE
 from xpert_pl.layout import RunLayout
 
-BASELINE = "scratch"
 XPERT = "xpert"
 
 Curve = tuple[list[float], list[float]]

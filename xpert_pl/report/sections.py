@@ -7,10 +7,11 @@ import math
 import re
 from pathlib import Path
 
-from xpert_pl.report.analysis import VAL_LOSS, Analysis
+from xpert_pl.experiments.matrix import BASELINE
+from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import plot_final_bars, plot_loss_bands
 from xpert_pl.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
-from xpert_pl.report.runs import BASELINE, XPERT, CellRun, RunsDir
+from xpert_pl.report.runs import XPERT, CellRun, RunsDir
 from xpert_pl.report.stats import Paired, Spread, spread
 
 # Controls of "Knowledge or statistics?" and what a lower XPERT loss against each one shows.
@@ -114,7 +115,7 @@ def fmt_details(result: Paired) -> str:
     return f"p = {fmt_p(result.p_value)}, {result.n} seeds"
 
 
-def verdict_section(analysis: Analysis) -> list[Block]:
+def verdict_section(analysis: RunComparison) -> list[Block]:
     """XPERT against every other method, then every other method against scratch, at each scale's largest budget."""
     items, not_beaten = [], []
     for scale, budget in analysis.headline_groups():
@@ -179,7 +180,7 @@ def runs_section(runs: RunsDir) -> list[Block]:
 # ---- final metrics and paired comparisons ------------------------------------------------------------------------
 
 
-def final_loss_section(analysis: Analysis, scale: str, budget: str, figures: Path) -> list[Block]:
+def final_loss_section(analysis: RunComparison, scale: str, budget: str, figures: Path) -> list[Block]:
     """Mean ± std over seeds of the final validation loss, overall and per domain, and a bar chart."""
     methods, keys = analysis.runs.methods(scale, budget), analysis.metric_keys(scale, budget, "val/loss")
     keys = sorted(keys, key=lambda k: (k != VAL_LOSS, k))
@@ -197,7 +198,7 @@ def final_loss_section(analysis: Analysis, scale: str, budget: str, figures: Pat
     ]
 
 
-def paired_section(analysis: Analysis, scale: str, budget: str) -> list[Block]:
+def paired_section(analysis: RunComparison, scale: str, budget: str) -> list[Block]:
     """Every method minus scratch on every final metric, paired by seed."""
     keys = sorted(analysis.metric_keys(scale, budget, ""), key=lambda k: (not k.startswith("val/"), k != VAL_LOSS, k))
     rows = []
@@ -220,7 +221,7 @@ def paired_section(analysis: Analysis, scale: str, budget: str) -> list[Block]:
     ]
 
 
-def eval_section(analysis: Analysis, scale: str, budget: str, prefix: str, title: str) -> list[Block]:
+def eval_section(analysis: RunComparison, scale: str, budget: str, prefix: str, title: str) -> list[Block]:
     """Mean ± std over seeds of every metric under `prefix` (Rouge-L sets, lm-eval task metrics)."""
     keys = analysis.metric_keys(scale, budget, prefix)
     if not keys:
@@ -268,7 +269,7 @@ def control_sentence(control: str, loss: Paired, steps: Paired) -> str:
     return text
 
 
-def knowledge_section(analysis: Analysis) -> list[Block]:
+def knowledge_section(analysis: RunComparison) -> list[Block]:
     """XPERT against each statistics-preserving control: final loss and steps-to-scratch-final, paired."""
     blocks: list[Block] = []
     for scale, budget in analysis.headline_groups():
@@ -298,7 +299,7 @@ def knowledge_section(analysis: Analysis) -> list[Block]:
 # ---- convergence, effective tokens, compute, curves --------------------------------------------------------------
 
 
-def convergence_section(analysis: Analysis) -> list[Block]:
+def convergence_section(analysis: RunComparison) -> list[Block]:
     """Per group: the fraction of scratch's steps each method needs to reach scratch's final validation loss."""
     rows = []
     for scale, budget in analysis.groups():
@@ -320,7 +321,7 @@ def convergence_section(analysis: Analysis) -> list[Block]:
     return [Heading(2, "Convergence"), Paragraph(note), Table(header, rows, (False, False, False, True, True))]
 
 
-def effective_tokens_section(analysis: Analysis) -> list[Block]:
+def effective_tokens_section(analysis: RunComparison) -> list[Block]:
     """The scratch token budget each method's mean final loss is worth, and the multiplier over its own budget."""
     rows = []
     for scale in analysis.runs.scales():
@@ -344,7 +345,7 @@ def effective_tokens_section(analysis: Analysis) -> list[Block]:
     return [Heading(2, "Effective-token multiplier"), Paragraph(note), Table(header, rows, (False,) * 3 + (True,) * 4)]
 
 
-def compute_section(analysis: Analysis) -> list[Block]:
+def compute_section(analysis: RunComparison) -> list[Block]:
     """Tokens, wall time and FLOPs (student, teacher for distillation, total), means over seeds."""
     rows = [
         [scale, budget, method, *_compute_cells(analysis.runs.select(scale, budget, method))]
@@ -381,7 +382,7 @@ def _sci(value: float | None) -> str:
     return "-" if value is None else f"{value:.3e}"
 
 
-def curves_section(analysis: Analysis, figures: Path) -> list[Block]:
+def curves_section(analysis: RunComparison, figures: Path) -> list[Block]:
     """Validation loss against step per group: mean over seeds with a min-max band."""
     blocks: list[Block] = [Heading(2, "Loss curves")]
     for scale, budget in analysis.groups():

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from xpert_pl.experts import UnsupportedModelError, moe_layers
-from xpert_pl.models import count_parameters
+from xpert_pl.model_card import count_parameters
+from xpert_pl.sources.experts import UnsupportedModelError, moe_layers
 
 
 def active_parameters(model: nn.Module) -> int:

@@ -16,7 +16,8 @@ from torchmetrics import MeanMetric
 
 from xpert_pl.artifacts import write_json
 from xpert_pl.initializers import Initializer, InitReport, ScratchInit
-from xpert_pl.models import ModelBuilder, count_parameters
+from xpert_pl.model_card import count_parameters
+from xpert_pl.models import ModelBuilder
 from xpert_pl.training.flops import training_flops_per_token
 from xpert_pl.training.objectives import IGNORE_INDEX, NextTokenObjective, TrainingObjective, causal_lm_loss
 from xpert_pl.training.schedule import warmup_cosine

@@ -11,10 +11,10 @@ from safetensors.torch import load_file, save_file
 from tiny_families import FAMILY_NAMES, FAMILY_SPECS, build_model, write_fused_checkpoint
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import xpert_pl.checkpoint as checkpoint_module
-from xpert_pl.checkpoint import CheckpointError, CheckpointExperts
-from xpert_pl.experts import MATRICES, SUPPORTED_FAMILIES, UnsupportedModelError, expert_matrix, moe_layers
+import xpert_pl.sources.checkpoint as checkpoint_module
 from xpert_pl.provenance import source_fingerprint
+from xpert_pl.sources.checkpoint import CheckpointError, CheckpointExperts
+from xpert_pl.sources.experts import MATRICES, SUPPORTED_FAMILIES, UnsupportedModelError, expert_matrix, moe_layers
 
 
 def assert_same_experts(model, reader: CheckpointExperts) -> None:
@@ -185,15 +185,16 @@ def test_transposed_fused_tensor_is_rejected(tmp_path):
 def test_fingerprint_depends_on_files_not_on_the_path(saved_families, tmp_path):
     directory = saved_families["qwen2_moe"][1]
     copy = shutil.copytree(directory, tmp_path / "copy")
-    assert CheckpointExperts(directory).fingerprint() == CheckpointExperts(copy).fingerprint()
-    assert CheckpointExperts(directory).fingerprint() != CheckpointExperts(saved_families["olmoe"][1]).fingerprint()
+    assert source_fingerprint(CheckpointExperts(directory)) == source_fingerprint(CheckpointExperts(copy))
+    other = saved_families["olmoe"][1]
+    assert source_fingerprint(CheckpointExperts(directory)) != source_fingerprint(CheckpointExperts(other))
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_source_fingerprint_of_the_checkpoint_equals_the_live_models(saved_families, family, tmp_path):
     """One fingerprint per model: read from disk by the family's router keys, or from the live router modules."""
     model, directory = saved_families[family]
-    assert CheckpointExperts(directory).fingerprint() == source_fingerprint(model)
+    assert source_fingerprint(CheckpointExperts(directory)) == source_fingerprint(model)
     fused = write_fused_checkpoint(model, tmp_path / "fused")  # another layout and a config.json of all fields
     assert source_fingerprint(fused) == source_fingerprint(model)
 

@@ -1,6 +1,6 @@
 """Where a live source MoE keeps its routers and experts, and how to read expert FFN matrices out of it.
 
-The families understood and where each keeps its modules are described in `xpert_pl.families`.
+The families understood and where each keeps its modules are described in `xpert_pl.sources.families`.
 Matrix orientation follows `nn.Linear.weight`: gate and up are (I x H), down is (H x I), for intermediate size I
 and hidden size H. Two storage layouts are understood: the fused 3-D `gate_up_proj` (E x 2I x H) / `down_proj`
 (E x H x I) parameters of transformers 5, and per-expert modules `experts.{e}.gate_proj/up_proj/down_proj`
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from xpert_pl.families import MATRICES, SUPPORTED_FAMILIES, UnsupportedModelError, config_dict, family_of
+from xpert_pl.sources.families import MATRICES, SUPPORTED_FAMILIES, UnsupportedModelError, config_dict, family_of
 
 __all__ = [
     "MATRICES",

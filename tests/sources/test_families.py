@@ -8,8 +8,8 @@ from tiny_families import FAMILY_NAMES, FAMILY_SPECS
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, OlmoeConfig, OlmoeForCausalLM
 
-from xpert_pl.experts import SUPPORTED_FAMILIES, UnsupportedModelError, expert_matrix, moe_layers, stack_experts
-from xpert_pl.families import FAMILIES, family_of
+from xpert_pl.sources.experts import SUPPORTED_FAMILIES, UnsupportedModelError, expert_matrix, moe_layers, stack_experts
+from xpert_pl.sources.families import FAMILIES, family_of
 
 FAMILY_LIST = ("olmoe", "mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3")
 

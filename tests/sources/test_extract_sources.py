@@ -10,8 +10,8 @@ import torch
 import xpert_pl.models
 import xpert_pl.pipeline.steps as commands
 from xpert_pl.bank import KnowledgeBank, TuckerConsolidator, extract_bank
-from xpert_pl.checkpoint import CheckpointExperts
 from xpert_pl.provenance import source_fingerprint, source_record
+from xpert_pl.sources.checkpoint import CheckpointExperts
 
 
 def selection_for(layers: list[int], num_experts: int) -> dict:
@@ -77,7 +77,7 @@ def test_extract_command_reads_a_local_directory_without_loading_the_model(saved
     assert_same_bank(bank, extract_bank(model, selection, consolidator, progress=False))
     source = bank.manifest["source"]
     assert source["model"] == str(directory)
-    assert source["fingerprint"] == CheckpointExperts(directory).fingerprint() == source_fingerprint(model)
+    assert source["fingerprint"] == source_fingerprint(CheckpointExperts(directory)) == source_fingerprint(model)
 
 
 def test_extract_command_loads_a_directory_without_safetensors(saved_families, tmp_path, monkeypatch):
@@ -103,7 +103,7 @@ def test_extract_command_loads_a_directory_without_safetensors(saved_families, t
 def test_analysis_selection_feeds_extract_with_real_layer_indices(family, saved_families):
     """Dense layers have no counts row: selection.json must still name decoder layers, as extract expects."""
     from xpert_pl.analysis import ConsistentExpertSelector, count_activations
-    from xpert_pl.experts import moe_layers
+    from xpert_pl.sources.experts import moe_layers
 
     model, path = saved_families[family]
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from xpert_pl.report.runs import BASELINE, XPERT, RunsDir
+from xpert_pl.experiments.matrix import BASELINE
+from xpert_pl.report.runs import XPERT, RunsDir
 from xpert_pl.report.stats import (
     Paired,
     Spread,
@@ -27,8 +28,8 @@ VAL_LOSS = "val/loss"
 
 
 @dataclass
-class Analysis:
-    """Lookups and statistics over a `RunsDir`."""
+class RunComparison:
+    """The methods of a `RunsDir` compared with each other (paired by seed): lookups and statistics."""
 
     runs: RunsDir
 

@@ -2,7 +2,7 @@
 
 Only the tensors asked for are read: a per-expert key is read whole, a fused `gate_up_proj` / `down_proj` key is
 sliced to the one expert (and half) needed, and only the shards holding those keys are opened. Matrices come out
-as in `xpert_pl.experts`: float32, gate and up (I x H), down (H x I).
+as in `xpert_pl.sources.experts`: float32, gate and up (I x H), down (H x I).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from xpert_pl.families import MATRICES, Family, family_of
+from xpert_pl.sources.families import MATRICES, Family, family_of
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -40,7 +40,7 @@ class CheckpointExperts:
     Attributes:
         path: the checkpoint directory.
         config: the parsed `config.json`.
-        family: the family record (see `xpert_pl.families`).
+        family: the family record (see `xpert_pl.sources.families`).
         num_experts: routed experts per MoE layer.
         top_k: experts routed per token.
         scoring: router scoring function (`softmax` or `sigmoid`).
@@ -124,12 +124,6 @@ class CheckpointExperts:
             raise CheckpointError(f"{self.path}: no router weight for layer {layer}; tried keys {candidates}")
         with self._open(self._weight_map[key]) as handle:
             return self._guarded(key, lambda: handle.get_tensor(key))
-
-    def fingerprint(self) -> str:
-        """The source fingerprint (`xpert_pl.provenance.source_fingerprint`): config and router weights."""
-        from xpert_pl.provenance import source_fingerprint
-
-        return source_fingerprint(self)
 
     def _check(self, layer: int, expert_ids: list[int], matrix: str) -> None:
         if matrix not in MATRICES:
