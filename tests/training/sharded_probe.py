@@ -57,7 +57,7 @@ def _layout(trainer: L.Trainer, model) -> dict:
         "world_size": trainer.world_size,
         "parameters": len(params),
         "dtensors": sum(isinstance(p, DTensor) for p in params),
-        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+        "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),
         "local_elements": sum(t.numel() for t in local),
         "full_elements": sum(p.numel() for p in params),
     }

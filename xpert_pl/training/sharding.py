@@ -78,7 +78,7 @@ def shard_model(model: nn.Module, mesh: DeviceMesh, strategy: Any | None = None)
     dp_mesh = _data_parallel_mesh(mesh)
     reshard = getattr(strategy, "reshard_after_forward", True)
     if getattr(strategy, "activation_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(model)
     # Rank 0's full tensors (the module's own storage, which fully_shard replaces rather than frees).
     full_state = model.state_dict() if dp_mesh.get_rank() == 0 else {}
     for layer in decoder_layers(model):
@@ -86,6 +86,14 @@ def shard_model(model: nn.Module, mesh: DeviceMesh, strategy: Any | None = None)
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, full_state, options=options)
+
+
+def _checkpoint_activations(model: nn.Module) -> None:
+    """Hugging Face's per-layer activation checkpointing, non-reentrant (what FSDP2's hooks need)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the older name is deprecated there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
