@@ -37,15 +37,16 @@ class HFExport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask, before rank 0 alone writes
-        full_state = _gathered_state_dict(trainer)  # a collective under FSDP
+        full_state = _gathered_state_dict(trainer, pl_module)  # a collective when sharded
         if not trainer.is_global_zero or log_dir is None:
             return
         target = Path(log_dir) / self.dirname
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        _set_special_token_ids(pl_module.model, tokenizer)
-        facts = _model_facts(trainer, pl_module, full_state)
+        model = pl_module.model if full_state is None else _unsharded_model(pl_module.model, full_state)
+        _set_special_token_ids(model, tokenizer)
+        facts = _model_facts(trainer, pl_module, model)
         with atomic_directory(target, "hf-model") as tmp:
-            pl_module.model.save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             write_model_card(tmp, facts)
@@ -73,14 +74,14 @@ def _set_special_token_ids(model: PreTrainedModel, tokenizer: Any | None) -> Non
     log.info("export's special token ids from the run's tokenizer: %s", ids)
 
 
-def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, full_state: dict | None) -> ModelFacts:
+def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, model: PreTrainedModel) -> ModelFacts:
     """The model card's facts: method and provenance from the init report, tokens seen, last `val/loss`."""
     report = getattr(pl_module, "init_report", None)
     source, bank = provenance(report.details) if report is not None else (None, None)
     val_loss = trainer.callback_metrics.get("val/loss")
     tokens_seen = getattr(pl_module, "tokens_seen", None)
     return ModelFacts.of_model(
-        pl_module.model,
+        model,
         method=report.initializer if report is not None else "unknown",
         source=source,
         bank=bank,
@@ -88,18 +89,38 @@ def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, full_state: d
         source_method=(read_facts(source) or {}).get("method") if source else None,
         tokens_seen=None if tokens_seen is None else int(tokens_seen),
         final_val_loss=None if val_loss is None else float(val_loss),
-        # Under FSDP the module's own parameters are shards: count the gathered state instead.
-        parameters=None if full_state is None else sum(v.numel() for v in full_state.values()),
     )
 
 
-def _gathered_state_dict(trainer: L.Trainer) -> dict | None:
-    """Under FSDP, the student's full (unsharded) state dict with Hugging Face keys, on rank 0; else None (the
-    module's own parameters are complete)."""
-    from lightning.pytorch.strategies import FSDPStrategy
+def _gathered_state_dict(trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
+    """Under FSDP or FSDP2, the student's full (unsharded) state dict with Hugging Face keys, on rank 0 (empty on
+    the others); else None (the module's own parameters are complete). A collective: every rank must call it."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
+    if isinstance(trainer.strategy, ModelParallelStrategy):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # Gathers each sharded tensor in turn onto rank 0's CPU (whatever the strategy's checkpoint format).
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(pl_module.model, options=options)
     if not isinstance(trainer.strategy, FSDPStrategy):
         return None
     # Every rank takes part; with state_dict_type "full" Lightning gathers onto rank 0's CPU.
     state = trainer.strategy.lightning_module_state_dict()
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def _unsharded_model(sharded: PreTrainedModel, full_state: dict) -> PreTrainedModel:
+    """A plain model of the sharded one's class holding the gathered tensors (not copied), for saving only (its
+    non-persistent buffers stay on the meta device): `save_pretrained` and the model card see the model's own
+    class, not FSDP2's `FSDP<name>` subclass, whose name would land in config.json's `architectures`."""
+    import torch
+    from torch.distributed.fsdp import FSDPModule
+    from transformers import PreTrainedModel
+
+    cls = next(c for c in type(sharded).__mro__ if issubclass(c, PreTrainedModel) and not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        model = cls(sharded.config)
+    model.load_state_dict(full_state, strict=True, assign=True)
+    model.tie_weights()
+    return model.eval()

@@ -55,10 +55,11 @@ def test_fit_configs_build(base, tiny_data_root, tiny_tokenizer_dir, tmp_path):
 
 @pytest.mark.parametrize("overlay", sorted((CONFIGS / "gpu").glob("*.yaml")), ids=lambda p: p.name)
 def test_gpu_presets_build(overlay, tiny_data_root, tiny_tokenizer_dir, tmp_path):
-    """The GPU presets parse and build, CPU standing in for the GPU; strategy and precision are kept, except FSDP
-    (Lightning refuses it on CPU), whose strategy is built on its own from the YAML's arguments."""
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    """The GPU presets parse and build, CPU standing in for the GPU; strategy and precision are kept (the FSDP2
+    preset is run sharded by tests/training/test_sharded.py)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from xpert_pl.training import FSDP2Strategy
 
     spec = yaml.safe_load(overlay.read_text())
     args = ["fit", "--config", str(CONFIGS / "pretrain" / "tiny.yaml")]
@@ -67,15 +68,11 @@ def test_gpu_presets_build(overlay, tiny_data_root, tiny_tokenizer_dir, tmp_path
     args += ["--config", str(overlay)]
     keep = ("--trainer.strategy=", "--trainer.precision=")
     args += [a for a in _tiny_data_args(tiny_data_root, tiny_tokenizer_dir, tmp_path) if not a.startswith(keep)]
-    strategy = (spec.get("trainer") or {}).get("strategy", {})
-    if strategy.get("class_path", "").endswith("FSDPStrategy"):
-        parser = ArgumentParser()
-        parser.add_argument("--strategy", type=FSDPStrategy)
-        built = parser.instantiate(parser.parse_object({"strategy": strategy})).strategy
-        assert isinstance(built, FSDPStrategy) and built.sharding_strategy.name == "FULL_SHARD"
-        args.append("--trainer.strategy=ddp")
     cli = run_lightning_cli(args, run=False)
-    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    sharded = overlay.name.startswith("fsdp")
+    assert isinstance(cli.trainer.strategy, FSDP2Strategy if sharded else DDPStrategy)
+    if sharded:
+        assert cli.trainer.strategy.activation_checkpointing and not cli.trainer.strategy._save_distributed_checkpoint
     assert cli.trainer.precision == "bf16-mixed"
     cli.model.configure_model()
     compiled = getattr(cli.model.model, "_compiled_call_impl", None) is not None

@@ -1,4 +1,4 @@
-"""Training: the LightningModule, its objectives (next-token, distillation) and its schedule."""
+"""Training: the LightningModule, its objectives (next-token, distillation), its schedule and sharding."""
 
 from xpert_pl.training.module import CausalLMModule
 from xpert_pl.training.objectives import (
@@ -8,10 +8,12 @@ from xpert_pl.training.objectives import (
     causal_lm_loss,
     distillation_kl,
 )
+from xpert_pl.training.sharding import FSDP2Strategy
 
 __all__ = [
     "CausalLMModule",
     "DistillationObjective",
+    "FSDP2Strategy",
     "NextTokenObjective",
     "TrainingObjective",
     "causal_lm_loss",

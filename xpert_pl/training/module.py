@@ -97,7 +97,7 @@ class CausalLMModule(L.LightningModule):
         self.objective.preflight(self.hparams.vocab_size)
 
     def configure_model(self) -> None:
-        """Build the HF model and apply the initializer (or warm start); idempotent."""
+        """Build the HF model, apply the initializer (or warm start), then shard it under FSDP2; idempotent."""
         if self.model is not None:
             return
         self.model = self.model_builder.build(self.hparams.vocab_size)
@@ -105,6 +105,10 @@ class CausalLMModule(L.LightningModule):
             self.init_report = load_warm_start(self.model, self.hparams.init_checkpoint)
         else:
             self.init_report = self.initializer.initialize(self.model)
+        if self.device_mesh is not None:  # FSDP2: shard only now, so the initializer wrote full, real weights
+            from xpert_pl.training.sharding import shard_model
+
+            shard_model(self.model, self.device_mesh, self._trainer.strategy if self._trainer else None)
         if self.hparams.compile:
             self.model.compile()
         log.info(
@@ -219,6 +223,7 @@ class CausalLMModule(L.LightningModule):
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.learning_rate,
             betas=tuple(self.hparams.betas),
+            fused=self.device.type == "cuda",  # one kernel per step on GPUs; CPUs keep the default
         )
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 10_000
