@@ -24,12 +24,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xpert_pl.errors import ConfigError
+from xpert_pl.layout import BANK_MANIFEST_FILE, COUNTS_FILE, SELECTION_FILE
 
 ARTIFACT_FILE = "xpert_artifact.json"
 # Kinds whose older directories predate the marker file: recognised by files only the kit writes together.
 _LEGACY_MARKERS = {
-    "analysis": ("counts.json", "selection.json"),
-    "bank": ("manifest.json", "bank.safetensors"),
+    "analysis": (COUNTS_FILE, SELECTION_FILE),
+    "bank": (BANK_MANIFEST_FILE, "bank.safetensors"),
     "hf-model": ("xpert_export.json", "config.json"),
     "tokenizer": ("xpert_tokenizer.json",),
     "untrained-source": ("untrained.json", "config.json"),

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from xpert_pl.errors import ConfigError
+from xpert_pl.layout import COUNTS_FILE, SELECTION_FILE
 from xpert_pl.sources.checkpoint import CheckpointExperts, open_expert_source
 from xpert_pl.sources.experts import moe_layers
 from xpert_pl.sources.families import config_dict, family_of
@@ -163,7 +164,7 @@ def analysis_record(analysis: str | os.PathLike) -> dict[str, Any] | None:
     """The source data of an analysis directory: selection.json's, else counts.json's (None if neither has one)."""
     from xpert_pl.artifacts import read_json
 
-    for name in ("selection.json", "counts.json"):
+    for name in (SELECTION_FILE, COUNTS_FILE):
         path = Path(analysis) / name
         if path.is_file():
             data = read_json(path)

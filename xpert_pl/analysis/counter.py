@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from xpert_pl.artifacts import load_tensors, read_json, save_tensors, write_json
+from xpert_pl.layout import COUNTS_FILE
 from xpert_pl.sources.experts import moe_layers
 
 COUNTS_TENSORS = "counts.safetensors"
-COUNTS_META = "counts.json"
+COUNTS_META = COUNTS_FILE
 
 Precision = Literal["auto", "float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")

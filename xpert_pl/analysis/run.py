@@ -10,8 +10,9 @@ import torch
 from transformers import PreTrainedModel
 
 from xpert_pl.analysis.counter import COUNTS_META, COUNTS_TENSORS, ActivationCounts, count_activations
-from xpert_pl.analysis.selection import SELECTION_FILE, ExpertSelector, Selection
+from xpert_pl.analysis.selection import ExpertSelector, Selection
 from xpert_pl.artifacts import sha256_file, write_json
+from xpert_pl.layout import SELECTION_FILE
 from xpert_pl.provenance import source_fingerprint, source_record
 
 # The one source fingerprint (see `xpert_pl.provenance`), under the name this module has always exported.

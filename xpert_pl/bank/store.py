@@ -24,12 +24,13 @@ import torch
 
 from xpert_pl.artifacts import atomic_directory, load_tensors, read_json, save_tensors, sha256_file, write_json
 from xpert_pl.bank.tucker import TuckerFactors
+from xpert_pl.layout import BANK_MANIFEST_FILE
 from xpert_pl.sources.experts import MATRICES
 
 FORMAT = "xpert-knowledge-bank"
 FORMAT_VERSION = 1
 TENSORS_FILE = "bank.safetensors"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = BANK_MANIFEST_FILE
 
 
 class BankIntegrityError(ValueError):

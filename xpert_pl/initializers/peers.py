@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 import torch
 
 from xpert_pl.adaptation import SourceFFN
-from xpert_pl.analysis.selection import SELECTION_FILE, Selection
+from xpert_pl.analysis.selection import Selection
 from xpert_pl.analysis.strategies import TopFrequencySelector
 from xpert_pl.initializers.shared import (
     all_experts_choice,
@@ -24,7 +24,7 @@ from xpert_pl.initializers.shared import (
     selection_choice,
 )
 from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit
-from xpert_pl.layout import Artifact
+from xpert_pl.layout import SELECTION_FILE, Artifact
 from xpert_pl.sources.checkpoint import open_expert_source
 from xpert_pl.sources.experts import MATRICES
 

@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 
 from xpert_pl.adaptation import SourceFFN
 from xpert_pl.analysis.counter import ActivationCounts
-from xpert_pl.analysis.selection import SELECTION_FILE, Selection
+from xpert_pl.analysis.selection import Selection
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.bank.tucker import collapse
+from xpert_pl.layout import SELECTION_FILE
 from xpert_pl.provenance import analysis_record, open_checked_source
 from xpert_pl.sources.experts import MATRICES
 from xpert_pl.sources.reader import expert_reader
