@@ -2,7 +2,7 @@
 
 The runs folder is laid out by `RunLayout` (`xpert_pl.layout`), which `xpert report` reads. The shared stages
 (tokenizer, source MoE, analysis, banks) run in this process through the pipeline's functions, each skipped once
-done; every cell's training runs `xpert_pl.pipeline.fit` in its own process, so a crash or a kill loses at most the
+done; every cell's training runs `xpert_pl.pipeline.training` in its own process, so a crash or a kill loses at most the
 steps since the last checkpoint. A cell whose cell.json says `done` is skipped; a cell with a `last.ckpt` but not
 done resumes from it. The processes are forked from a server that has imported the kit once (`run_forked`): on a
 2-core VM a new interpreter spends 10-20 s importing Lightning and transformers, which every cell of a matrix would
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Imported once by the fork server, so each cell process starts with them loaded.
 PRELOAD = [
-    "xpert_pl.pipeline.fit",
+    "xpert_pl.pipeline.training",
     "xpert_pl.training.lightning_cli",
     "xpert_pl.training",
     "xpert_pl.data",
@@ -52,7 +52,7 @@ PRELOAD = [
 
 @dataclass(frozen=True)
 class FitCall:
-    """One training run of a cell: the arguments of `xpert_pl.pipeline.fit` (picklable: it runs in its own
+    """One training run of a cell: the arguments of `xpert_pl.pipeline.training` (picklable: it runs in its own
     process).
 
     Attributes:
@@ -68,7 +68,7 @@ class FitCall:
     overwrite: bool = False
 
     def __call__(self) -> None:
-        from xpert_pl.pipeline.fit import fit
+        from xpert_pl.pipeline.training import fit
 
         fit(self.config, self.run_dir, resume=self.resume, overwrite=self.overwrite)
 
@@ -168,7 +168,7 @@ class MatrixRunner:
         return stages.seconds
 
     def _train_source(self) -> None:
-        from xpert_pl.pipeline.fit import fit
+        from xpert_pl.pipeline.training import fit
 
         stage, steps = self.matrix.source, self.matrix.source.steps or 0
         settings = {"trainer.max_steps": steps, "trainer.val_check_interval": validation_interval(steps)}
@@ -265,7 +265,7 @@ class MatrixRunner:
     def config_problems(self) -> list[str]:
         """Every cell's fit configuration parsed and checked (nothing built or run), one problem per cell kind
         (scale x method, and its fine-tuning), so a typo surfaces before the shared stages start."""
-        from xpert_pl.pipeline.fit import fit_config_problems
+        from xpert_pl.pipeline.training import fit_config_problems
 
         problems, seen = [], set()
         for cell in self.matrix.cells():

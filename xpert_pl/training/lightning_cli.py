@@ -168,7 +168,7 @@ class _ParseOnlyCLI(XpertCLI):
 
 def run_lightning_cli(args: list[str] | dict[str, Any], run: bool = True, parse_only: bool = False) -> XpertCLI:
     """Run (or, with run=False, only build: the subcommand is then dropped) the LightningCLI for `args`: a command
-    line, or a configuration dict `{"fit": {...}}` (`xpert_pl.pipeline.fit`); `parse_only` checks the
+    line, or a configuration dict `{"fit": {...}}` (`xpert_pl.pipeline.training`); `parse_only` checks the
     configuration and builds nothing (nothing is loaded, tokenised or written)."""
     from lightning import LightningDataModule
 

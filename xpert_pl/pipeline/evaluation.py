@@ -60,5 +60,5 @@ def evaluate(
         result = evaluate_rouge(
             model, tokenizer, rouge_sets, split=split, data_root=data_root, limit=limit, seeds=rouge_seeds
         )
-        rouge = result.metrics()
+        rouge = result.metrics
     return EvaluationResult(lm, rouge, {"model_dir": str(model_dir), "split": split, "limit": limit})
