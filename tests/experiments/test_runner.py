@@ -158,3 +158,23 @@ def test_the_tokenizer_is_trained_as_the_first_shared_stage(tmp_path, tiny_data_
     assert meta["domains"] == ["code", "law", "news"]
     assert "tokenizer_vocab_size" not in runner.pretrain_call(runner.matrix.cells()[0]).config["data"]["init_args"]
     assert runner.run_shared()["tokenizer"] == 0.0  # cached
+
+
+def test_a_killed_source_stage_resumes_from_its_last_checkpoint(
+    tmp_path, tiny_data_root, tiny_tokenizer_dir, monkeypatch
+):
+    spec = yaml.safe_load(write_matrix(tmp_path, tiny_data_root, tiny_tokenizer_dir, tmp_path, ["scratch"]).read_text())
+    spec["source"] = {"config": "configs/source/tiny.yaml", "steps": 4}
+    (tmp_path / "matrix.yaml").write_text(yaml.safe_dump(spec))
+    runner = MatrixRunner(load_matrix(tmp_path / "matrix.yaml", root=REPO), launch=FakeLauncher())
+    calls = []
+    monkeypatch.setattr("xpert_pl.pipeline.training.fit", lambda config, run_dir, **kw: calls.append((run_dir, kw)))
+    runner._train_source()
+    last = runner.layout.source_run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    runner._train_source()
+    assert calls == [
+        (runner.layout.source_run, {"resume": False, "overwrite": True}),
+        (runner.layout.source_run, {"resume": True, "overwrite": False}),
+    ]

@@ -172,9 +172,15 @@ class MatrixRunner:
 
         stage, steps = self.matrix.source, self.matrix.source.steps or 0
         settings = {"trainer.max_steps": steps, "trainer.val_check_interval": validation_interval(steps)}
-        # The stage owns its folder: a run that died before its output was complete is replaced (kept aside until
-        # the new one completes), never mixed with.
-        fit(self.stage_config(stage, settings), self.layout.source_run, overwrite=True)
+        # The stage owns its folder: a run killed after a checkpoint resumes from it (an hour-long source loses at
+        # most the steps since); one that died before any is replaced (kept aside until the new one completes).
+        last = self.layout.source_run / "checkpoints" / "last.ckpt"
+        fit(
+            self.stage_config(stage, settings),
+            self.layout.source_run,
+            resume=last.is_file(),
+            overwrite=not last.is_file(),
+        )
 
     def stage_config(self, stage: Stage, settings: dict[str, Any], method: str | None = None) -> Config:
         """A training stage's configuration, later layers winning: its config files, its overrides, the method's
