@@ -6,6 +6,7 @@ Layout of a runs folder (`xpert bench run`'s `out_dir`, read by `xpert report`):
     matrix.yaml                                   the matrix as given
     shared/tokenizer/ cache/                      the tokenizer trained on the corpus, tokenised-data cache
     shared/source/ (hf/)                          the source MoE's run and its export
+    shared/unigram.json                           a unigram model's validation loss per domain (the floor)
     shared/analysis/ bank/                        routing counts + selection, XPERT's knowledge bank
     shared/banks/<method>/                        a control's own bank (e.g. random or rare experts), built once
     shared/untrained/{hf,analysis,bank}/          the same procedure on an untrained copy of the source
@@ -79,6 +80,11 @@ class RunLayout:
     @property
     def source_hf(self) -> Path:
         return self.source_hf_given or self.source_run / HF_DIR
+
+    @property
+    def unigram(self) -> Path:
+        """A unigram model's validation loss per domain (the floor the source is read against)."""
+        return self.shared / "unigram.json"
 
     @property
     def analysis(self) -> Path:

@@ -34,6 +34,18 @@ MOE_PRESETS: dict[str, dict[str, Any]] = {
         num_experts_per_tok=2,
         max_position_embeddings=512,
     ),
+    # The benchmark's reference source: OLMoE's routing ratio at CPU scale (16 experts, top-2), each expert the size
+    # of the students' FFN (llama-tiny: d_model 128, FFN 256), so a student is the source's shape with one expert.
+    "olmoe-reference": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_experts=16,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
+    ),
     "olmoe-small": dict(
         hidden_size=256,
         intermediate_size=512,
@@ -126,7 +138,7 @@ class OlmoeSource(ModelBuilder):
     ):
         """
         Args:
-            preset: one of MOE_PRESETS (`olmoe-tiny`, `olmoe-small`, `olmoe-1b-7b`).
+            preset: one of MOE_PRESETS (`olmoe-tiny`, `olmoe-reference`, `olmoe-small`, `olmoe-1b-7b`).
             overrides: config fields that replace the preset's (e.g. `{num_experts: 16}`).
             router_aux_loss: add OLMoE's load-balancing loss to the training loss.
         """

@@ -59,7 +59,9 @@ def test_the_demo_writes_every_stage_and_the_standard_report(demo_run):
     # What the demo report showed (selection, curves, per-domain losses) plus the source's own validation loss.
     assert "## Source MoE" in text and "tokens seen in training: 12,288" in text  # 6 steps x 16 x 128
     source_loss = [line for line in text.splitlines() if line.startswith("| all domains |")]
-    assert len(source_loss) == 1 and float(source_loss[0].split("|")[2]) > 0
+    assert len(source_loss) == 1  # the source's own loss beside the unigram floor, on the same tokens
+    source, unigram = (float(cell) for cell in source_loss[0].split("|")[2:4])
+    assert source > 0 and unigram == round(json.loads(layout.unigram.read_text())["loss"]["all"], 4)
     assert "Selection: strategy `consistent`" in text and "## Loss curves" in text
     assert "| scratch |" in text and "| xpert |" in text and "val loss: code" in text
     assert text.index("## Source MoE") < text.index("## Results")
@@ -91,5 +93,5 @@ def test_a_second_demo_run_reuses_every_stage(demo_run, caplog):
     with caplog.at_level("INFO", logger="xpert_pl.experiments.stages"):
         assert MatrixRunner(load_matrix(matrix, root=REPO)).run(matrix) == {"skipped": 2}
     cached = [r.message for r in caplog.records if "cached" in r.message]
-    assert len(cached) == 4, cached  # tokenizer, source, analysis, bank
+    assert len(cached) == 5, cached  # tokenizer, source, unigram baseline, analysis, bank
     assert metrics.stat().st_mtime_ns == before

@@ -285,6 +285,13 @@ class PretrainDataModule(L.LightningDataModule):
         """The mixed training blocks (before the DataLoader's shuffling)."""
         return self._ensure_train()
 
+    def train_blocks(self, domain: str) -> datasets.Dataset:
+        """Packed training blocks of one domain, unmixed and unshuffled (e.g. to count tokens)."""
+        specs = {s.name: s for s in self.domains}
+        if domain not in specs:
+            raise KeyError(f"unknown domain '{domain}'; known: {self.domain_names}")
+        return _nonempty(self._packed(specs[domain], "train"), domain, "train")
+
     def val_dataset(self, domain: str) -> datasets.Dataset | datasets.IterableDataset:
         """Packed validation blocks of one domain (the first `max_val_blocks_per_domain`)."""
         val = self._ensure_val()

@@ -154,6 +154,7 @@ class MatrixRunner:
             )
         if self.matrix.source_hf is None:
             stages.run("source MoE", hf_config(layout.source_hf), self._train_source)
+        stages.run("unigram baseline", layout.unigram, self._unigram_baseline)
         self._analysis_and_bank(stages, "", layout.source_hf, layout.analysis, layout.bank)
         if self.needs(Artifact.UNTRAINED_BANK):
             from xpert_pl.models import make_untrained_copy  # transformers' model classes: only when needed
@@ -181,6 +182,18 @@ class MatrixRunner:
             resume=last.is_file(),
             overwrite=not last.is_file(),
         )
+
+    def _unigram_baseline(self) -> None:
+        """A unigram model of the train split scored on the validation blocks the source (else the first student
+        scale) is validated on: what the report reads the source's loss against."""
+        from xpert_pl.data import PretrainDataModule
+        from xpert_pl.data.unigram import unigram_losses
+
+        stage = self.matrix.source if self.matrix.source_hf is None else next(iter(self.matrix.scales.values()))
+        settings = self.stage_config(stage, {})["data"]["init_args"]
+        data = PretrainDataModule(**settings)
+        data.setup("validate")
+        write_json(self.layout.unigram, {"smoothing": 1.0, "data": settings, "loss": unigram_losses(data)})
 
     def stage_config(self, stage: Stage, settings: dict[str, Any], method: str | None = None) -> Config:
         """A training stage's configuration, later layers winning: its config files, its overrides, the method's
