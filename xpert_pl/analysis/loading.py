@@ -215,7 +215,7 @@ def _expert_sources(config: Any, state: dict[str, torch.Tensor], tensors: dict[s
     except UnsupportedModelError:
         return {}
     sources: dict[str, list[tuple[torch.Tensor, StoredTensor | None]]] = {}
-    for layer in family.moe_layer_indices(config):
+    for layer in range(config.num_hidden_layers):  # layers without fused expert parameters are skipped below
         for block in family.blocks:
             prefix = f"model.layers.{layer}.{block}.{family.experts}."
             gate_up, down = state.get(prefix + "gate_up_proj"), state.get(prefix + "down_proj")
