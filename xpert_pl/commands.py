@@ -58,7 +58,7 @@ def analyze(
         devices: devices to count on (CUDA when available, else CPU processes); above 1 the batches are shared
             out by Lightning DDP (one process per device) and only rank 0 writes.
     """
-    from xpert_pl.analysis.loading import load_for_analysis, plan_precision
+    from xpert_pl.analysis.loading import bound_cpu_allocations, load_for_analysis, plan_precision
     from xpert_pl.analysis.run import write_analysis
     from xpert_pl.data.domain_sets import describe_domain_set
 
@@ -74,6 +74,8 @@ def analyze(
     raise_if_problems(problems + memory_problems)
     check_tokenizer_matches(data.tokenizer, model, trust_remote_code=trust_remote_code)
     source = load_for_analysis(model, dtype, trust_remote_code=trust_remote_code, fallback=load_causal_lm)
+    if device.type == "cpu":
+        bound_cpu_allocations()
     layers = moe_layers(source)
     fingerprint = source_fingerprint(source)
     settings = {"model_fingerprint": fingerprint, "max_tokens_per_domain": max_tokens_per_domain, "dtype": str(dtype)}

@@ -69,3 +69,12 @@ def test_analyze_refuses_before_loading_when_memory_is_short(
     argv += [f"--out_dir={tmp_path / 'analysis'}", "--precision=float32"]
     refused(capsys, argv, str(tiny_source_dir), "only 0.2 GiB is available", "--precision bfloat16")
     assert not (tmp_path / "analysis").exists()
+
+
+def test_cpu_allocation_bounds_keep_an_explicit_onednn_setting(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    loading.bound_cpu_allocations()
+    assert loading.os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    loading.bound_cpu_allocations()
+    assert loading.os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
