@@ -281,10 +281,9 @@ REFUSED: dict[str, str] = {
     "afmoe": "keeps its router weight in a submodule (mlp.router.gate), which the kit does not read",
     "hunyuan_v1_moe": "keeps its router weight in a submodule (mlp.gate.wg), which the kit does not read",
     "inkling_text": "has a router that returns a fourth output (shared-expert gammas), which the kit does not read",
-    **dict.fromkeys(("inkling2_text", "inkling2_loop_text"), "has a router whose scoring is set in code (score_fn)"),
     **dict.fromkeys(
-        ("axk1", "beam", "deepseek_v32", "gemma4_text", "glm_moe_dsa", "granitemoehybrid", "lfm2_moe",
-         "mimo_v2_flash", "zaya"),
+        ("axk1", "beam", "deepseek_v32", "gemma4_text", "glm_moe_dsa", "granitemoehybrid", "inkling2_loop_text",
+         "inkling2_text", "lfm2_moe", "mimo_v2_flash", "zaya"),
         _UNVERIFIED,
     ),
 }  # fmt: skip
