@@ -80,11 +80,11 @@ def test_truncated_shard_is_named(saved_families, tmp_path):
         load_for_analysis(str(directory), torch.float32)
 
 
-# Families whose checkpoints rename tensors on disk beyond the family record's keys (routers, biases, whole
+# Families whose checkpoints rename tensors on disk beyond the family record's keys (bias buffers, whole
 # prefixes): analysis loads them through `from_pretrained` (correct, without the streaming memory saving).
 FALLS_BACK = {
-    "axk2", "bailing_hybrid", "ernie4_5_moe", "exaone_moe", "flint", "granitemoe", "granitemoeshared", "hy_v3",
-    "hy_v4", "kimi_linear", "kolibri1", "laguna", "lara_mini", "minimax", "minimax_m2", "sarvam_moe",
+    "axk2", "bailing_hybrid", "ernie4_5_moe", "exaone_moe", "flint", "hy_v3", "hy_v4", "kimi_linear", "kolibri1",
+    "laguna", "lara_mini", "minimax_m2", "sarvam_moe",
 }  # fmt: skip
 
 

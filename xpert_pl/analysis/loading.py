@@ -260,13 +260,10 @@ def _read_plan(
     state = model.state_dict()
     experts = _expert_sources(config, state, tensors)
     family = FAMILIES.get(getattr(config, "model_type", ""))
-    blocks = family.blocks if family else ()
     plan: list[tuple[torch.Tensor, StoredTensor]] = []
     missing, covered = [], set()
     for name, target in state.items():
-        # An original checkpoint may name the MoE block otherwise (Mixtral: block_sparse_moe for mlp).
-        aliases = [name] + [name.replace(f".{blocks[0]}.", f".{b}.") for b in blocks[1:]] if blocks else [name]
-        stored = _first(tensors, aliases)
+        stored = _first(tensors, _aliases(family, name))
         parts = [(target, stored)] if stored is not None else experts.get(name)
         if parts is None and target.data_ptr() not in covered:
             missing.append(name)
@@ -275,6 +272,20 @@ def _read_plan(
             covered.add(target.data_ptr())
     bad = [f"{s.file.name}:{s.start}" for t, s in plan if s.torch_dtype is None or t.shape != torch.Size(s.shape)]
     return plan, missing + bad
+
+
+def _aliases(family: Any, name: str) -> list[str]:
+    """Keys a parameter may be stored under: its own name, with the MoE block renamed as an original checkpoint names
+    it (Mixtral: block_sparse_moe for mlp), and for a router weight the family's router keys."""
+    if family is None:
+        return [name]
+    aliases = [name] + [name.replace(f".{family.blocks[0]}.", f".{b}.") for b in family.blocks[1:]]
+    parts = name.split(".")
+    if len(parts) > 3 and parts[:2] == ["model", "layers"] and parts[2].isdigit():
+        router = {f"model.layers.{parts[2]}.{b}.{family.router}.weight" for b in family.blocks}
+        if name in router:
+            aliases += family.router_key_candidates(int(parts[2]))
+    return aliases
 
 
 def _read_all(plan: list[tuple[torch.Tensor, StoredTensor]]) -> None:
