@@ -21,7 +21,12 @@ EXPENSIVE = {
         "xpert_pl.data.pretrain.PretrainDataModule._packed",
         "xpert_pl.data.pretrain.PretrainDataModule._stream",
     ],
-    "model loading": ["xpert_pl.pipeline.steps.load_causal_lm", "transformers.AutoModelForCausalLM.from_pretrained"],
+    "model loading": [
+        "xpert_pl.pipeline.steps.load_causal_lm",
+        "xpert_pl.analysis.loading.load_for_analysis",
+        "transformers.AutoModelForCausalLM.from_pretrained",
+        "transformers.AutoModelForCausalLM.from_config",
+    ],
     "counting": ["xpert_pl.analysis.counter.count_activations"],
     "decomposing": ["xpert_pl.bank.tucker.TuckerConsolidator.decompose"],
     "model building": ["xpert_pl.training.module.CausalLMModule.configure_model"],

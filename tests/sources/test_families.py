@@ -14,8 +14,9 @@ from xpert_pl.sources.families import FAMILIES, family_of
 FAMILY_LIST = ("olmoe", "mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3")
 
 
-def test_all_five_families_are_supported():
-    assert SUPPORTED_FAMILIES == FAMILY_LIST and tuple(FAMILIES) == FAMILY_LIST
+def test_the_first_five_families_come_first_and_every_record_is_keyed_by_its_name():
+    assert SUPPORTED_FAMILIES[:5] == FAMILY_LIST and tuple(FAMILIES) == SUPPORTED_FAMILIES
+    assert all(family.name == name for name, family in FAMILIES.items())
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

@@ -127,3 +127,53 @@ def write_fused_checkpoint(model: nn.Module, directory: Path, rename: dict[str, 
     save_file(tensors, str(directory / "model.safetensors"))
     model.config.to_json_file(str(directory / "config.json"))
     return directory
+
+
+# Every other supported family is built from its transformers config class with these sizes (fields it lacks are
+# left out). One expert group and zeroed router biases make the router's choice a plain top-k of its scores.
+GENERIC_SIZES = dict(
+    COMMON,
+    intermediate_size=48,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=16,
+    head_dim=16,
+    num_experts=8,
+    num_local_experts=8,
+    n_routed_experts=8,
+    moe_num_experts=8,
+    num_experts_per_tok=2,
+    num_experts_per_token=2,
+    moe_k=2,
+    n_shared_experts=1,
+    n_group=1,
+    topk_group=1,
+    num_expert_group=1,
+    kv_lora_rank=8,
+    q_lora_rank=16,
+    qk_rope_head_dim=4,
+    v_head_dim=8,
+    qk_nope_head_dim=4,
+    first_k_dense_replace=1,
+)
+
+
+def build_generic(model_type: str, seed: int = 0) -> nn.Module:
+    """A tiny random model of any supported family from its registered config class (3 layers, 8 experts, top-2)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config_cls = CONFIG_MAPPING[model_type]
+    defaults = config_cls().to_dict()
+    fields = {k: v for k, v in GENERIC_SIZES.items() if k in defaults}
+    for key in ("layer_types", "mlp_layer_types"):  # per-layer lists must match the layer count
+        if isinstance(defaults.get(key), list):
+            fields[key] = defaults[key][: COMMON["num_hidden_layers"]]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config_cls(**fields)).eval()
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if "bias" in name and any(part in name for part in ("gate", "router", "expert", "correction")):
+                tensor.zero_()
+            elif tensor.is_floating_point() and not name.endswith("inv_freq"):
+                tensor.normal_(0, 0.5)
+    return model

@@ -73,15 +73,17 @@ def analyze(
         plots: write per-layer heatmaps.
         trust_remote_code: allow the checkpoint's own Python code to run.
         domains: a domain-set YAML (see `xpert_pl.data.domain_sets`) that replaces `data.domains`.
-        precision: compute dtype: `auto` is bfloat16 on a CUDA device that supports it, else float32; the model
-            is loaded in that dtype. Counts accumulate in int64/float64 regardless.
+        precision: compute dtype: `auto` is bfloat16 on a CUDA device that supports it, else float32, or the
+            checkpoint's stored dtype when float32 would not fit in memory; the model is loaded once, in that
+            dtype, after an estimate from its weight files' headers shows it fits. Counts accumulate in
+            int64/float64 regardless.
         devices: devices to count on (CUDA when available, else CPU processes); above 1 the batches are shared
             out by Lightning DDP (one process per device) and only rank 0 writes.
 
     Returns:
         What was written (None on a rank other than 0 of a multi-device run).
     """
-    from xpert_pl.analysis.counter import compute_dtype
+    from xpert_pl.analysis.loading import bound_cpu_allocations, load_for_analysis, plan_precision
     from xpert_pl.analysis.run import write_analysis
     from xpert_pl.data.domain_sets import describe_domain_set
 
@@ -91,11 +93,14 @@ def analyze(
     problems = output_problems(out_dir, "analysis")
     problems += _source_problems(model, selector, trust_remote_code)
     problems += _prepare_domains(data, domains, devices, selector)
-    raise_if_problems(problems)
-    check_tokenizer_matches(data.tokenizer, model, trust_remote_code=trust_remote_code)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = compute_dtype(precision, device)
-    source = load_causal_lm(model, trust_remote_code=trust_remote_code, dtype=dtype)
+    # The dtype that fits, from the weight files' headers: the model is read once, in that dtype.
+    dtype, memory_problems = plan_precision(model, precision, device) if not problems else (None, [])
+    raise_if_problems(problems + memory_problems)
+    check_tokenizer_matches(data.tokenizer, model, trust_remote_code=trust_remote_code)
+    source = load_for_analysis(model, dtype, trust_remote_code=trust_remote_code, fallback=load_causal_lm)
+    if device.type == "cpu":
+        bound_cpu_allocations()
     layers = moe_layers(source)
     fingerprint = source_fingerprint(source)
     settings = {"model_fingerprint": fingerprint, "max_tokens_per_domain": max_tokens_per_domain, "dtype": str(dtype)}

@@ -79,7 +79,12 @@ class CheckpointExperts:
 
     def moe_layer_indices(self) -> list[int]:
         """Decoder layer indices with routed experts (dense layers left out)."""
-        return self.family.moe_layer_indices(self.config)
+        return self.family.moe_layer_indices(self.config, has_experts=self._has_expert_keys)
+
+    def _has_expert_keys(self, layer: int) -> bool:
+        """Whether the checkpoint stores routed experts for decoder layer `layer` (either layout)."""
+        keys = self.family.per_expert_keys(layer, 0, "gate") + [p[0] for p in self.family.fused_key_pairs(layer)]
+        return any(k in self._weight_map for k in keys)
 
     def expert_matrix(self, layer: int, expert: int, matrix: str) -> torch.Tensor:
         """One expert's `matrix` ('gate', 'up' or 'down') of MoE layer `layer`, float32, nn.Linear orientation."""

@@ -64,7 +64,11 @@ def moe_layers(model: nn.Module) -> list[MoELayer]:
     decoder = model.model.layers
     num_experts, top_k, scoring = family.num_experts(config), family.top_k(config), family.scoring_of(config)
     layers = []
-    for index in family.moe_layer_indices(config, len(decoder)):
+
+    def has_experts(index: int) -> bool:
+        return any(hasattr(getattr(decoder[index], n, None), family.experts) for n in family.blocks)
+
+    for index in family.moe_layer_indices(config, len(decoder), has_experts):
         name = next((n for n in family.blocks if hasattr(decoder[index], n)), None)
         block = getattr(decoder[index], name) if name else None
         if block is None or not hasattr(block, family.experts):
