@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from xpert_pl.analysis import ActivationCounts
 from xpert_pl.cli import run_lightning_cli
 from xpert_pl.layout import Artifact
 from xpert_pl.pipeline.config import artifact_specs, bind_artifacts, load_config
@@ -96,6 +97,8 @@ def test_method_configs_build_on_the_tiny_student(method, tiny_data_root, tiny_t
     for spec, cls in artifact_specs(bound):  # no control bank is staged here: the control builds its own
         if Artifact.CONTROL_BANK in cls.artifacts.values():
             spec["init_args"]["bank"] = None
+        if "domain" in spec.get("init_args", {}):  # a single-domain ablation: a domain of the tiny analysis
+            spec["init_args"]["domain"] = ActivationCounts.load(tiny_layout.analysis).domains[0]
     overlay = tmp_path / "method.yaml"
     overlay.write_text(yaml.safe_dump(bound))
     args = [

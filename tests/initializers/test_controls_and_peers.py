@@ -154,6 +154,24 @@ def test_a_staged_control_bank_gives_the_same_student_and_another_bank_is_refuse
             other.preflight()
 
 
+def test_single_domain_experts_are_that_domains_specialists(tiny_source_dir, tiny_analysis_dir, vocab):
+    from xpert_pl.analysis import DomainSpecialistSelector
+    from xpert_pl.errors import ConfigError
+    from xpert_pl.initializers import SingleDomainExpertsInit
+
+    counts = ActivationCounts.load(tiny_analysis_dir)
+    args = (str(tiny_source_dir), str(tiny_analysis_dir))
+    chosen = {}
+    for domain in ("a", "b"):  # the tiny analysis's domains
+        report = SingleDomainExpertsInit(*args, domain=domain, consolidator=FAST).initialize(student(vocab))
+        expected = DomainSpecialistSelector(domain, n=2).select(counts)
+        chosen[domain] = [r["experts"] for r in report.details["selection"]["layers"]]
+        assert chosen[domain] == [layer.experts for layer in expected.layers]
+    assert chosen["a"] != chosen["b"]
+    with pytest.raises(ConfigError, match="domain 'poetry' was not analysed"):
+        SingleDomainExpertsInit(*args, domain="poetry").preflight()
+
+
 def test_rare_experts_are_the_least_frequent(tiny_source_dir, tiny_analysis_dir, vocab):
     report = RareExpertsInit(str(tiny_source_dir), str(tiny_analysis_dir), n=3, consolidator=FAST).initialize(
         student(vocab)

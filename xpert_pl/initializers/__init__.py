@@ -9,7 +9,13 @@ shared machinery is `transfer` (`FFNTransfer`, every expert-based method's `tran
 from xpert_pl.adaptation import SourceFFN, UnsupportedStudentError
 from xpert_pl.initializers.base import Initializer, InitReport
 from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
-from xpert_pl.initializers.referee import FullExpertsInit, RandomExpertsInit, RareExpertsInit, SingleExpertInit
+from xpert_pl.initializers.referee import (
+    FullExpertsInit,
+    RandomExpertsInit,
+    RareExpertsInit,
+    SingleDomainExpertsInit,
+    SingleExpertInit,
+)
 from xpert_pl.initializers.scratch import ScratchInit
 from xpert_pl.initializers.source_weights import WithSourceWeights
 from xpert_pl.initializers.statistics import (
@@ -33,6 +39,7 @@ __all__ = [
     "RareExpertsInit",
     "ScratchInit",
     "ShuffledXpertInit",
+    "SingleDomainExpertsInit",
     "SingleExpertInit",
     "SourceFFN",
     "SpectrumMatchedInit",

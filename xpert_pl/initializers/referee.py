@@ -1,7 +1,8 @@
 """Referee controls of XPERT: the same procedure with one ingredient swapped (the paper reviewers' controls).
 
-- `RandomExpertsInit`, `RareExpertsInit`: XPERT's Tucker bank built from another expert selection (a seeded
-  random subset, or the least frequent experts) of the same size n.
+- `RandomExpertsInit`, `RareExpertsInit`, `SingleDomainExpertsInit`: XPERT's Tucker bank built from another
+  expert selection (a seeded random subset, the least frequent experts, or one domain's most used: the paper's
+  Figure 5) of the same size n.
 - `FullExpertsInit`: XPERT's experts, no decomposition: their weighted average.
 - `SingleExpertInit`: the single most frequently routed expert of each layer, as it is.
 
@@ -17,7 +18,12 @@ from typing import Any, ClassVar, Literal
 
 from xpert_pl.adaptation import SourceFFN
 from xpert_pl.analysis.selection import ExpertSelector, Selection
-from xpert_pl.analysis.strategies import LeastFrequentSelector, RandomExpertSelector, TopFrequencySelector
+from xpert_pl.analysis.strategies import (
+    DomainSpecialistSelector,
+    LeastFrequentSelector,
+    RandomExpertSelector,
+    TopFrequencySelector,
+)
 from xpert_pl.bank.extract import extract_bank
 from xpert_pl.bank.store import KnowledgeBank
 from xpert_pl.bank.tucker import TuckerConsolidator
@@ -175,6 +181,49 @@ class RareExpertsInit(ReselectedBankInit):
 
     def selector(self, n: int) -> ExpertSelector:
         return LeastFrequentSelector(n=n)
+
+
+class SingleDomainExpertsInit(ReselectedBankInit):
+    """The paper's Figure 5 ablation: XPERT's procedure on the experts one domain routes to most (the specialist
+    selector), against XPERT's mixed-domain choice. One method per domain (e.g. `domain_code`, `domain_law`)."""
+
+    def __init__(
+        self,
+        source: str,
+        analysis: str,
+        domain: str,
+        n: int | None = None,
+        consolidator: TuckerConsolidator | None = None,
+        collapse: Collapse = "frequency",
+        transfer: FFNTransfer = FFNTransfer(),
+        trust_remote_code: bool = False,
+        bank: str | None = None,
+    ):
+        """
+        Args:
+            source: the source MoE (local HF directory, read by key, or a hub id when online).
+            analysis: directory written by `xpert analyze` (routing counts and XPERT's selection).
+            domain: the analysed domain whose routing picks the experts.
+            n: experts per layer (None: the same n as XPERT's selection).
+            consolidator: Tucker settings (None: the defaults of `xpert extract`).
+            collapse: expert weights of the collapse: `frequency` (in `domain`) or `uniform`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`.
+            trust_remote_code: allow the source's own Python code to run when it has to be loaded.
+            bank: this control's bank, already built (by `xpert bench run`, once for every cell); it must hold
+                this control's selection. None: built here, in memory.
+        """
+        super().__init__(source, analysis, n, consolidator, collapse, transfer, trust_remote_code, bank)
+        self.domain = domain
+
+    def selector(self, n: int) -> ExpertSelector:
+        return DomainSpecialistSelector(self.domain, n=n)
+
+    def preflight(self) -> None:
+        counts, _ = load_analysis(self.analysis)
+        if self.domain not in counts.domains:
+            problem = f"domain '{self.domain}' was not analysed (the analysis has: {', '.join(counts.domains)})"
+            raise ConfigError([f"{type(self).__name__}: {problem}; pick one of them"])
+        super().preflight()
 
 
 class FullExpertsInit(FFNTransferInit):

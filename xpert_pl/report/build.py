@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.report import appendix, sections
+from xpert_pl.report import appendix, design, sections
 from xpert_pl.report.comparison import RunComparison
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
 from xpert_pl.report.runs import RunsDir, load_runs
@@ -65,10 +65,12 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
         blocks += sections.eval_section(analysis, scale, budget, "lm_eval/", "lm-eval (mean ± std)")
         blocks += sections.eval_section(analysis, scale, budget, "sft/lm_eval/", "lm-eval after SFT (mean ± std)")
     blocks += sections.knowledge_section(analysis)
+    blocks += design.knowledge_scale_section(analysis)
     blocks += sections.convergence_section(analysis)
     blocks += sections.effective_tokens_section(analysis)
     blocks += sections.compute_section(analysis)
     blocks += sections.curves_section(analysis, figures)
+    blocks += design.crossings_section(analysis)
     blocks += appendix.activation_section(runs, figures, layer_heatmaps)
     blocks.append(Heading(2, "Appendix"))
     blocks += appendix.statistics_notes()

@@ -1,0 +1,63 @@
+"""The knowledge x scale table and the curve crossings, on known numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpert_pl.report.design import DESIGN, crossing_steps, knowledge_scale_section
+from xpert_pl.report.render import Table
+from xpert_pl.report.stats import paired, spread
+
+FINAL = {  # seed -> final loss; knowledge helps by 0.10 at both scales, the experts' scale by 0.02
+    "scratch": {0: 3.00, 1: 3.10, 2: 3.05},
+    "norm_matched_scratch": {0: 2.98, 1: 3.08, 2: 3.04},
+    "xpert_target_init": {0: 2.90, 1: 3.01, 2: 2.94},
+    "xpert": {0: 2.88, 1: 2.99, 2: 2.93},
+}
+
+
+class FakeComparison:
+    """What the section reads of a `RunComparison`: one group, these methods' final losses."""
+
+    class runs:
+        @staticmethod
+        def methods(scale, budget):
+            return list(FINAL)
+
+    def headline_groups(self):
+        return [("2l", "long")]
+
+    def spread(self, scale, budget, method):
+        return spread(list(FINAL[method].values()))
+
+    def compare(self, scale, budget, a, b):
+        return paired(FINAL[a], FINAL[b])
+
+
+def test_crossings_are_interpolated_where_the_difference_changes_sign():
+    steps = np.array([0.0, 100.0, 200.0, 300.0])
+    assert crossing_steps(steps, np.array([-0.2, -0.1, 0.1, 0.3])) == [150.0]  # leads early, behind from 150
+    assert crossing_steps(steps, np.array([-0.2, -0.1, -0.05, -0.01])) == []
+    assert crossing_steps(steps, np.array([0.1, -0.1, 0.1, -0.3])) == pytest.approx([50.0, 150.0, 225.0])
+
+
+def test_the_two_by_two_table_and_the_knowledge_effects():
+    blocks = knowledge_scale_section(FakeComparison())
+    table, effects = (b for b in blocks if isinstance(b, Table))
+    assert table.rows[0][1].endswith("(scratch)") and table.rows[1][2].endswith("(xpert)")
+    assert table.rows[1][1].startswith("2.950") and "xpert_target_init" in table.rows[1][1]  # mean of 2.90/3.01/2.94
+    by_effect = {row[0]: row for row in effects.rows}
+    assert float(by_effect["knowledge at the student's scale"][3]) == pytest.approx(-0.1, abs=1e-4)
+    assert float(by_effect["scale without knowledge"][3]) == pytest.approx(-0.0167, abs=1e-4)
+    assert set(DESIGN.values()) == set(FINAL)
+
+
+def test_no_table_without_all_four_cells():
+    class Partial(FakeComparison):
+        class runs:
+            @staticmethod
+            def methods(scale, budget):
+                return ["scratch", "xpert", "norm_matched_scratch"]
+
+    assert knowledge_scale_section(Partial()) == []

@@ -1,0 +1,97 @@
+"""Two readings of the matrix beyond final losses: the knowledge x scale 2 x 2 design, and where loss curves cross
+(a method that leads early and falls behind later)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xpert_pl.experiments.matrix import BASELINE
+from xpert_pl.report.comparison import RunComparison
+from xpert_pl.report.plots import seed_band
+from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
+from xpert_pl.report.runs import XPERT
+from xpert_pl.report.sections import fmt_spread, paired_cells
+
+# (knowledge, scale) -> method: scratch has neither, norm-matched scratch the experts' scale only, XPERT at the
+# student's own initial norms the knowledge only, XPERT both.
+DESIGN = {
+    (False, False): BASELINE,
+    (False, True): "norm_matched_scratch",
+    (True, False): "xpert_target_init",
+    (True, True): XPERT,
+}
+
+
+def knowledge_scale_section(analysis: RunComparison) -> list[Block]:
+    """The 2 x 2 table of final loss (mean ± std) and the knowledge effect at each scale, paired by seed."""
+    blocks: list[Block] = []
+    for scale, budget in analysis.headline_groups():
+        if not set(DESIGN.values()) <= set(analysis.runs.methods(scale, budget)):
+            continue
+        cell = {key: fmt_spread(analysis.spread(scale, budget, m)) + f" ({m})" for key, m in DESIGN.items()}
+        table = Table(
+            ["", "student's own initial scale", "experts' scale"],
+            [
+                ["no knowledge", cell[False, False], cell[False, True]],
+                ["knowledge", cell[True, False], cell[True, True]],
+            ],
+            (False, True, True),
+        )
+        rows = []
+        for label, (a, b) in {
+            "knowledge at the student's scale": ("xpert_target_init", BASELINE),
+            "knowledge at the experts' scale": (XPERT, "norm_matched_scratch"),
+            "scale without knowledge": ("norm_matched_scratch", BASELINE),
+            "scale with knowledge": (XPERT, "xpert_target_init"),
+        }.items():
+            rows.append([label, f"{a} - {b}", *paired_cells(analysis.compare(scale, budget, a, b))])
+        effects = Table(
+            ["effect", "difference", "seeds", "mean diff", "95% t interval", "p"], rows, (False,) * 2 + (True,) * 4
+        )
+        blocks += [Heading(3, f"{scale}/{budget}"), table, effects]
+    if not blocks:
+        return []
+    note = (
+        "Final validation loss (nats/token, mean ± std over seeds). A knowledge effect that holds at both scales is "
+        "what the source's experts add beyond their norms; one that vanishes at the student's own scale was the "
+        "scale all along."
+    )
+    return [Heading(2, "Knowledge x scale"), Paragraph(note), *blocks]
+
+
+def crossing_steps(steps: np.ndarray, difference: np.ndarray) -> list[float]:
+    """Steps where `difference` (method - scratch, mean over seeds) changes sign, linearly interpolated."""
+    crossings = []
+    for i in range(len(steps) - 1):
+        a, b = difference[i], difference[i + 1]
+        if a * b < 0:
+            crossings.append(float(steps[i] + (steps[i + 1] - steps[i]) * a / (a - b)))
+    return crossings
+
+
+def crossings_section(analysis: RunComparison) -> list[Block]:
+    """For every method, where its mean validation curve crosses scratch's (leading early, behind later...)."""
+    sentences = []
+    for scale, budget in analysis.groups():
+        base = seed_band([c.val_curve for c in analysis.runs.select(scale, budget, BASELINE)])
+        for method in analysis.runs.methods(scale, budget):
+            curve = seed_band([c.val_curve for c in analysis.runs.select(scale, budget, method)])
+            if method == BASELINE or base[0].size < 2 or curve[0].size < 2:
+                continue
+            grid = np.intersect1d(base[0], curve[0])
+            if grid.size < 2:
+                continue
+            difference = np.interp(grid, curve[0], curve[1]) - np.interp(grid, base[0], base[1])
+            steps = crossing_steps(grid, difference)
+            if steps:
+                first = "leads" if difference[0] < 0 else "trails"
+                where = ", ".join(f"{s:.0f}" for s in steps)
+                last = "ahead" if difference[-1] < 0 else "behind"
+                sentences.append(
+                    f"{scale}/{budget}: `{method}` {first} scratch at first, its mean curve crosses scratch's at step "
+                    f"{where} and ends {last} ({difference[-1]:+.4f} nats/token at step {grid[-1]:.0f})."
+                )
+    if not sentences:
+        return []
+    note = "Mean validation curves over seeds; a crossing is where the difference to scratch changes sign."
+    return [Heading(2, "Where curves cross"), Paragraph(note), Bullets(sentences)]
