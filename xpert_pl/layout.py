@@ -9,6 +9,7 @@ Layout of a runs folder (`xpert bench run`'s `out_dir`, read by `xpert report`):
     shared/unigram.json                           a unigram model's validation loss per domain (the floor)
     shared/analysis/ bank/                        routing counts + selection, XPERT's knowledge bank
     shared/banks/<method>/                        a control's own bank (e.g. random or rare experts), built once
+    shared/lr_sweep.json, lr_sweep/<method>/lr<r>/  the learning-rate sweep (when the matrix has one)
     shared/untrained/{hf,analysis,bank}/          the same procedure on an untrained copy of the source
     cells/<scale>/<budget>/<method>/seed<k>/      one pre-training run each (cell.json, metrics.csv, hf/, sft/)
     report/                                       `xpert report`'s output
@@ -106,6 +107,14 @@ class RunLayout:
     @property
     def untrained_bank(self) -> Path:
         return self.untrained / "bank"
+
+    @property
+    def lr_sweep(self) -> Path:
+        """The learning-rate sweep's record (rates, final losses per method, the chosen rate)."""
+        return self.shared / "lr_sweep.json"
+
+    def lr_sweep_run(self, method: str, rate: float) -> Path:
+        return self.shared / "lr_sweep" / method / f"lr{rate:g}"
 
     def control_bank(self, method: str) -> Path:
         return self.shared / "banks" / method

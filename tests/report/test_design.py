@@ -61,3 +61,23 @@ def test_no_table_without_all_four_cells():
                 return ["scratch", "xpert", "norm_matched_scratch"]
 
     assert knowledge_scale_section(Partial()) == []
+
+
+def test_the_learning_rate_section_names_the_chosen_rate_and_each_methods_best(tmp_path):
+    import json
+
+    from xpert_pl.layout import RunLayout
+    from xpert_pl.report.design import lr_sweep_section
+    from xpert_pl.report.render import Paragraph
+
+    layout = RunLayout(tmp_path)
+    assert lr_sweep_section(layout) == []
+    layout.shared.mkdir()
+    loss = {"scratch": {"0.001": 3.2, "0.003": 3.1}, "xpert": {"0.001": 3.0, "0.003": None}}
+    record = {"rates": [0.001, 0.003], "seed": 0, "loss": loss, "best": {"scratch": 0.003, "xpert": 0.001}}
+    layout.lr_sweep.write_text(json.dumps({**record, "chosen": 0.003}))
+    blocks = lr_sweep_section(layout)
+    text = next(b for b in blocks if isinstance(b, Paragraph)).text
+    assert "learning rate 0.003" in text and "`xpert`'s best: 0.001" in text
+    table = next(b for b in blocks if isinstance(b, Table))
+    assert table.rows == [["0.001", "3.2000", "3.0000"], ["0.003", "3.1000", "-"]]

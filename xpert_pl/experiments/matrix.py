@@ -68,6 +68,19 @@ class FollowUp:
 
 
 @dataclass(frozen=True)
+class LRSweep:
+    """A learning-rate sweep run before the cells: each of `methods` at every rate, one seed, on `scale` (None: the
+    first) at the largest budget. The rate with the lowest final validation loss of the first method (scratch) is
+    the learning rate of every cell; the others' best rates are reported beside it.
+    """
+
+    rates: tuple[float, ...]
+    methods: tuple[str, ...] = (BASELINE,)
+    seed: int = 0
+    scale: str | None = None
+
+
+@dataclass(frozen=True)
 class Cell:
     """One pre-training run of the matrix."""
 
@@ -98,6 +111,7 @@ class ExperimentMatrix:
     tokenizer: dict[str, int] = field(default_factory=dict)
     sft: FollowUp | None = None
     source_hf: Path | None = None
+    lr_sweep: LRSweep | None = None
 
     @property
     def largest_budget(self) -> str:
@@ -230,7 +244,7 @@ def _distinct_ints(values: Any) -> bool:
 
 def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMatrix:
     known = {"out_dir", "data", "source", "analyze", "extract", "scales", "budgets", "seeds", "methods", "sft"}
-    known |= {"sweep_methods", "tokenizer"}
+    known |= {"sweep_methods", "tokenizer", "lr_sweep"}
     problems += [f"unknown key '{k}'; known keys: {', '.join(sorted(known))}" for k in raw if k not in known]
     source_spec = raw.get("source", {})
     source_hf = source_spec.get("hf") if isinstance(source_spec, dict) else None
@@ -277,6 +291,7 @@ def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMa
         tokenizer=_tokenizer(raw, data, problems),
         sft=_follow_up(sft, base, methods, scales, problems) if sft else None,
         source_hf=Path(source_hf) if source_hf else None,
+        lr_sweep=_lr_sweep(raw.get("lr_sweep"), methods, scales, problems),
     )
 
 
@@ -314,3 +329,28 @@ def _methods(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str, 
     if BASELINE not in raw:
         problems.append(f"methods must include the baseline '{BASELINE}' (every comparison is paired against it)")
     return methods
+
+
+def _lr_sweep(spec: Any, methods: dict[str, Path], scales: dict[str, Stage], problems: list[str]) -> LRSweep | None:
+    """The `lr_sweep` block: `{rates: [...], methods: [scratch, xpert], seed: 0, scale: 2l}` (None when absent)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        problems.append(f"lr_sweep: a mapping {{rates: [...], methods: [...], seed, scale}}, got {spec!r}")
+        return None
+    rates = spec.get("rates")
+    if not isinstance(rates, list) or len(rates) < 2 or not all(isinstance(r, int | float) and r > 0 for r in rates):
+        problems.append(f"lr_sweep.rates: at least two positive learning rates, got {rates!r}")
+        rates = [1.0]
+    chosen = [str(m) for m in spec.get("methods") or [BASELINE]]
+    problems += [f"lr_sweep.methods: '{m}' is not one of the methods" for m in chosen if m not in methods]
+    if chosen[0] != BASELINE:
+        problems.append(f"lr_sweep.methods: the first must be '{BASELINE}' (its best rate is every cell's)")
+    scale = spec.get("scale")
+    if scale is not None and scale not in scales:
+        problems.append(f"lr_sweep.scale: '{scale}' is not one of the scales")
+    seed = spec.get("seed", 0)
+    if not _is_int(seed):
+        problems.append(f"lr_sweep.seed: an integer, got {seed!r}")
+        seed = 0
+    return LRSweep(tuple(float(r) for r in rates), tuple(chosen), seed, scale)

@@ -117,6 +117,8 @@ class MatrixRunner:
     jobs: int = 1
     launch: Launcher = run_forked
     layout: RunLayout = field(init=False)
+    learning_rate: float | None = field(init=False, default=None)
+    """Every cell's learning rate, once the matrix's learning-rate sweep has chosen it (None: the configs')."""
 
     def __post_init__(self) -> None:
         self.layout = RunLayout(self.matrix.out_dir, self.matrix.source_hf)
@@ -240,6 +242,8 @@ class MatrixRunner:
             "trainer.max_steps": cell.steps,
             "trainer.val_check_interval": validation_interval(cell.steps),
         }
+        if self.learning_rate is not None:
+            settings["model.learning_rate"] = self.learning_rate
         config = self.stage_config(self.matrix.scales[cell.scale], settings, cell.method)
         last = run_dir / "checkpoints" / "last.ckpt"
         # The cell owns its folder: a start that died before its first checkpoint is replaced, not mixed with.
@@ -263,6 +267,7 @@ class MatrixRunner:
         if record.get("status") == "done":
             return "skipped"
         record = {**_describe(cell), "status": "running", "stage_wall_s": record.get("stage_wall_s", {})}
+        record["learning_rate"] = self.pretrain_call(cell).config.get("model", {}).get("learning_rate")
         write_json(run_dir / CELL_FILE, record)
         stages = [("pretrain", self.pretrain_call, hf_config(run_dir / HF_DIR))]
         if self.matrix.wants_sft(cell):
@@ -309,6 +314,11 @@ class MatrixRunner:
         if matrix_file is not None:
             shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.yaml")
         self.run_shared()
+        if self.matrix.lr_sweep is not None:
+            from xpert_pl.experiments.lr_sweep import run_lr_sweep
+
+            self.learning_rate = run_lr_sweep(self, self.matrix.lr_sweep)["chosen"]
+            log.info("[bench] learning rate of every cell: %g (the sweep's best for scratch)", self.learning_rate)
         cells = self.matrix.cells()
         counts: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:

@@ -55,6 +55,7 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
     runs = analysis.runs
     blocks: list[Block] = [Heading(1, f"XPERT report: {runs.root.resolve().name}"), Paragraph(_overview(runs))]
     blocks += source_section(runs.layout)
+    blocks += design.lr_sweep_section(runs.layout)
     blocks += sections.verdict_section(analysis)
     blocks += sections.runs_section(runs)
     for scale, budget in analysis.headline_groups():

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from xpert_pl.experiments.matrix import BASELINE
+from xpert_pl.layout import RunLayout
 from xpert_pl.report.comparison import RunComparison
 from xpert_pl.report.plots import seed_band
 from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
@@ -95,3 +98,26 @@ def crossings_section(analysis: RunComparison) -> list[Block]:
         return []
     note = "Mean validation curves over seeds; a crossing is where the difference to scratch changes sign."
     return [Heading(2, "Where curves cross"), Paragraph(note), Bullets(sentences)]
+
+
+def lr_sweep_section(layout: RunLayout) -> list[Block]:
+    """The learning-rate sweep: final loss per rate and method, the rate every cell used, each method's best."""
+    record = json.loads(layout.lr_sweep.read_text()) if layout.lr_sweep.is_file() else None
+    if not record:
+        return []
+    methods, rates = list(record["loss"]), [f"{r:g}" for r in record["rates"]]
+    rows = [
+        [rate, *["-" if record["loss"][m].get(rate) is None else f"{record['loss'][m][rate]:.4f}" for m in methods]]
+        for rate in rates
+    ]
+    best = "; ".join(f"`{m}`'s best: {b:g}" for m, b in record["best"].items() if b is not None)
+    text = (
+        f"Every cell trained at learning rate {record['chosen']:g}, the rate with scratch's lowest final validation "
+        f"loss in this sweep (seed {record['seed']}, the headline scale, the largest budget). {best}. A method "
+        "whose best rate differs from the chosen one is compared at a rate that is not its own best."
+    )
+    return [
+        Heading(2, "Learning rate"),
+        Paragraph(text),
+        Table(["learning rate", *methods], rows, (True,) * (1 + len(methods))),
+    ]

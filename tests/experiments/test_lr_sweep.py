@@ -1,0 +1,88 @@
+"""The learning-rate sweep: every (method, rate) run once, scratch's best rate becomes every cell's."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xpert_pl.errors import ConfigError
+from xpert_pl.experiments.matrix import load_matrix
+from xpert_pl.experiments.runner import FitCall, MatrixRunner
+
+REPO = Path(__file__).resolve().parents[2]
+BEST = {"scratch": 1e-3, "xpert": 3e-3}
+
+
+def matrix_file(tmp_path: Path, tiny_source_dir: Path, sweep: dict) -> Path:
+    spec = {
+        "out_dir": str(tmp_path / "bench"),
+        "data": {"tokenizer": str(tmp_path / "tok")},
+        "source": {"hf": str(tiny_source_dir)},
+        "analyze": "configs/analyze/tiny.yaml",
+        "extract": "configs/extract/tiny.yaml",
+        "scales": {"2l": {"config": "configs/pretrain/tiny.yaml"}},
+        "budgets": {"long": 4},
+        "seeds": [0, 1],
+        "methods": {"scratch": "configs/methods/scratch.yaml", "xpert": "configs/methods/xpert.yaml"},
+        "lr_sweep": sweep,
+    }
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+class SweepLauncher:
+    """Writes the run a fit would leave, its final loss lowest at the method's `BEST` rate."""
+
+    def __init__(self):
+        self.calls: list[FitCall] = []
+
+    def __call__(self, call: FitCall, log_file: Path) -> int:
+        self.calls.append(call)
+        rate = call.config["model"]["learning_rate"]
+        method = "xpert" if "Xpert" in call.config["model"]["initializer"]["class_path"] else "scratch"
+        (call.run_dir / "hf").mkdir(parents=True, exist_ok=True)
+        (call.run_dir / "hf" / "config.json").write_text("{}")
+        loss = 3.0 + abs(math.log10(rate / BEST[method]))
+        (call.run_dir / "metrics.csv").write_text(f"step,val/loss\n3,{loss}\n")
+        return 0
+
+
+def test_the_sweep_chooses_scratchs_best_rate_for_every_cell(tmp_path, tiny_source_dir, monkeypatch):
+    sweep = {"rates": [3e-4, 1e-3, 3e-3, 1e-2], "methods": ["scratch", "xpert"]}
+    runner = MatrixRunner(load_matrix(matrix_file(tmp_path, tiny_source_dir, sweep), root=REPO), launch=SweepLauncher())
+    monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
+    monkeypatch.setattr(MatrixRunner, "config_problems", lambda self: [])
+    assert runner.run() == {"done": 4}
+    record = json.loads(runner.layout.lr_sweep.read_text())
+    assert record["chosen"] == 1e-3 and record["best"] == {"scratch": 1e-3, "xpert": 3e-3}
+    assert record["loss"]["scratch"]["0.01"] == pytest.approx(4.0)
+    sweep_calls, cell_calls = runner.launch.calls[:8], runner.launch.calls[8:]
+    assert {(c.run_dir.parent.name, c.run_dir.name) for c in sweep_calls} == {
+        (m, f"lr{r:g}") for m in ("scratch", "xpert") for r in sweep["rates"]
+    }
+    assert [c.config["model"]["learning_rate"] for c in cell_calls] == [1e-3] * 4
+    cell = json.loads((runner.layout.cell("2l", "long", "xpert", 1) / "cell.json").read_text())
+    assert cell["learning_rate"] == 1e-3
+    before = len(runner.launch.calls)
+    runner.run()  # a rerun reuses every sweep run and every cell
+    assert len(runner.launch.calls) == before
+
+
+@pytest.mark.parametrize(
+    ("sweep", "fragment"),
+    [
+        ({"rates": [1e-3]}, "at least two positive learning rates"),
+        ({"rates": [1e-3, -1.0]}, "at least two positive learning rates"),
+        ({"rates": [1e-3, 3e-3], "methods": ["xpert"]}, "the first must be 'scratch'"),
+        ({"rates": [1e-3, 3e-3], "methods": ["scratch", "nope"]}, "'nope' is not one of the methods"),
+        ({"rates": [1e-3, 3e-3], "scale": "9l"}, "'9l' is not one of the scales"),
+    ],
+)
+def test_bad_sweeps_are_refused(tmp_path, tiny_source_dir, sweep, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_matrix(matrix_file(tmp_path, tiny_source_dir, sweep), root=REPO)
