@@ -136,3 +136,24 @@ def test_every_method_of_a_large_matrix_has_its_own_colour_and_line_style():
     assert len(set(looks)) == len(methods) == 28
     assert styles["scratch"][:2] == ("black", "-") and styles["xpert"][:2] == ("#d62728", "-")
     assert method_styles(["xpert", "norm_matched_scratch"])["norm_matched_scratch"][0] != styles["xpert"][0]
+
+
+def test_lm_eval_scores_within_two_standard_errors_of_chance_are_flagged(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from xpert_pl.report.runs import read_lm_eval
+    from xpert_pl.report.sections import chance_level, no_signal
+
+    summary = {"tasks": {"boolq": {"metrics": {"acc": 0.53}, "stderr": {"acc": 0.02}}}}
+    (tmp_path / "lm_eval").mkdir()
+    (tmp_path / "lm_eval" / "lm_eval_step30.json").write_text(json.dumps(summary))
+    assert read_lm_eval(tmp_path, "sft/lm_eval", "stderr") == {"sft/lm_eval/boolq/acc": 0.02}
+    assert chance_level("boolq/acc") == 0.5 and chance_level("hellaswag/acc_norm") == 0.25
+    assert chance_level("boolq/f1") is None and chance_level("unknown/acc") is None
+    key = "sft/lm_eval/boolq/acc"
+    scores = {"scratch": (0.53, 0.02), "xpert": (0.60, 0.02), "distillation": (0.46, 0.02)}  # 1.5, 5 and 2 SE away
+    runs = {m: [SimpleNamespace(final={key: v}, stderr={key: e})] for m, (v, e) in scores.items()}
+    analysis = SimpleNamespace(runs=SimpleNamespace(select=lambda scale, budget, m: runs[m]))
+    assert no_signal(analysis, "2l", "long", list(scores), key, "sft/lm_eval/") == "scratch, distillation"
+    assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == "-"

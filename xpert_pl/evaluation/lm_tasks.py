@@ -42,23 +42,27 @@ class LMTask:
     num_fewshot: int = 0
     optional: bool = False
     note: str = ""
+    choices: int | None = None
+    """Answer options per question: chance accuracy is 1/choices (the report flags scores within 2 standard
+    errors of it as no signal)."""
 
 
 LM_TASKS: dict[str, LMTask] = {
     task.name: task
     for task in (
-        LMTask("boolq", "boolq", "acc"),
-        LMTask("hellaswag", "hellaswag", "acc_norm"),
-        LMTask("mmlu", "mmlu", "acc", num_fewshot=5),
-        LMTask("piqa", "piqa", "acc"),
-        LMTask("winogrande", "winogrande", "acc"),
+        LMTask("boolq", "boolq", "acc", choices=2),
+        LMTask("hellaswag", "hellaswag", "acc_norm", choices=4),
+        LMTask("mmlu", "mmlu", "acc", num_fewshot=5, choices=4),
+        LMTask("piqa", "piqa", "acc", choices=2),
+        LMTask("winogrande", "winogrande", "acc", choices=2),
         # Optional: evaluated where their data exist, reported as skipped (with the reason) where not.
-        LMTask("medmcqa", "medmcqa", "acc", optional=True),
+        LMTask("medmcqa", "medmcqa", "acc", optional=True, choices=4),
         LMTask(
             "casehold",
             None,
             "acc",
             optional=True,
+            choices=5,
             note="CaseHOLD could not be obtained for the offline data root (see its README) and lm-eval has no "
             "CaseHOLD task; put rows {context, endings[5], label} at <data_root>/<split>/casehold/test.jsonl",
         ),

@@ -52,6 +52,8 @@ class CellRun:
     teacher_flops: float | None = None
     extrapolated: bool = False
     problem: str | None = None
+    stderr: dict[str, float] = field(default_factory=dict)
+    """lm-eval's standard error of each `lm_eval/<task>/<metric>` in `final` (the kit's summaries carry them)."""
 
     @property
     def usable(self) -> bool:
@@ -197,6 +199,10 @@ def _read_results(cell: CellRun) -> None:
     cell.final.update(read_rouge(cell.path / "sft"))
     cell.final.update(read_lm_eval(cell.path, "lm_eval"))
     cell.final.update(read_lm_eval(cell.path / "sft", "sft/lm_eval"))
+    cell.stderr = {
+        **read_lm_eval(cell.path, "lm_eval", "stderr"),
+        **read_lm_eval(cell.path / "sft", "sft/lm_eval", "stderr"),
+    }
 
 
 def _read_compute(cell: CellRun, rows: list[dict[str, float]]) -> None:
@@ -243,12 +249,13 @@ def read_rouge(sft_dir: Path) -> dict[str, float]:
     return {f"rougeL/{name}": float(s["mean"]) for name, s in (summary.get("sets") or {}).items() if "mean" in s}
 
 
-def read_lm_eval(directory: Path, prefix: str) -> dict[str, float]:
+def read_lm_eval(directory: Path, prefix: str, part: str = "metrics") -> dict[str, float]:
     """`<prefix>/<task>/<metric>` from the latest `lm_eval*.json` in `directory` or its `lm_eval/` folder.
 
     Accepts the kit's summary (`{"tasks": {task: {"metrics": {...}}}}`, written by `callbacks/lm_eval.py` as
     `<log_dir>/lm_eval/lm_eval_step<n>.json`) and lm-eval's own `simple_evaluate` result
-    (`{"results": {task: {"acc,none": ...}}}`; stderrs dropped).
+    (`{"results": {task: {"acc,none": ...}}}`; stderrs dropped). `part="stderr"`: the kit summary's standard
+    errors instead, under the same names.
     """
     found = [*directory.glob("lm_eval*.json"), *directory.glob("lm_eval/lm_eval*.json")]
     files = sorted(found, key=lambda p: (_step_of(p) or 0, p.name))
@@ -256,7 +263,9 @@ def read_lm_eval(directory: Path, prefix: str) -> dict[str, float]:
         return {}
     data = _read_json(files[-1]) or {}
     if isinstance(data.get("tasks"), dict):
-        per_task = {t: (e or {}).get("metrics") or {} for t, e in data["tasks"].items()}
+        per_task = {t: (e or {}).get(part) or {} for t, e in data["tasks"].items()}
+    elif part != "metrics":
+        return {}
     else:
         per_task = {t: _lm_eval_metrics(e) for t, e in (data.get("results") or {}).items()}
     return {

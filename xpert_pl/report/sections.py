@@ -222,7 +222,8 @@ def paired_section(analysis: RunComparison, scale: str, budget: str) -> list[Blo
 
 
 def eval_section(analysis: RunComparison, scale: str, budget: str, prefix: str, title: str) -> list[Block]:
-    """Mean ± std over seeds of every metric under `prefix` (Rouge-L sets, lm-eval task metrics)."""
+    """Mean ± std over seeds of every metric under `prefix` (Rouge-L sets, lm-eval task metrics); for lm-eval
+    accuracies, which methods score within 2 standard errors of chance (no signal at this scale)."""
     keys = analysis.metric_keys(scale, budget, prefix)
     if not keys:
         return []
@@ -232,7 +233,39 @@ def eval_section(analysis: RunComparison, scale: str, budget: str, prefix: str, 
     rows = [
         [k.removeprefix(prefix), *[fmt_spread(analysis.spread(scale, budget, m, k)) for m in methods]] for k in keys
     ]
-    return [Heading(3, title), Table(["metric", *methods], rows, (False, *[True] * len(methods)))]
+    header, numeric = ["metric", *methods], (False, *[True] * len(methods))
+    if "lm_eval/" in prefix:
+        for row, key in zip(rows, keys, strict=True):
+            row.append(no_signal(analysis, scale, budget, methods, key, prefix))
+        header, numeric = [*header, "no signal at this scale (within 2 SE of chance)"], (*numeric, False)
+    return [Heading(3, title), Table(header, rows, numeric)]
+
+
+def chance_level(task_metric: str) -> float | None:
+    """Chance accuracy of an lm-eval `<task>/<metric>` (1 / answer options), None when not an accuracy."""
+    from xpert_pl.evaluation.lm_tasks import LM_TASKS  # loads torch: only when a report has lm-eval numbers
+
+    task, _, metric = task_metric.partition("/")
+    spec = LM_TASKS.get(task)
+    if spec is None or spec.choices is None or metric not in ("acc", "acc_norm"):
+        return None
+    return 1.0 / spec.choices
+
+
+def no_signal(analysis: RunComparison, scale: str, budget: str, methods: list[str], key: str, prefix: str) -> str:
+    """The methods whose mean score is within 2 mean standard errors (lm-eval's, over seeds) of chance."""
+    chance = chance_level(key.removeprefix(prefix))
+    if chance is None:
+        return ""
+    flagged = []
+    for method in methods:
+        runs = [c for c in analysis.runs.select(scale, budget, method) if key in c.final and key in c.stderr]
+        if runs:
+            score = sum(c.final[key] for c in runs) / len(runs)
+            stderr = sum(c.stderr[key] for c in runs) / len(runs)
+            if abs(score - chance) <= 2 * stderr:
+                flagged.append(method)
+    return ", ".join(flagged) if flagged else "-"
 
 
 # ---- knowledge or statistics -------------------------------------------------------------------------------------
