@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +56,27 @@ def test_alignment_keeps_every_expert_the_same_function_and_stacks_it_onto_the_r
     assert torch.equal(stacks["gate"][..., 0], experts[0]["gate"])  # the reference as it is
     record = aligned.record[5]
     assert record["after"] > 0.99 > 0.5 > record["correlation_before"]
+
+
+def test_extract_bank_aligns_the_tiny_sources_experts_and_records_it(tiny_source_dir, tiny_analysis_dir):
+    import json
+
+    from xpert_pl.bank import TuckerConsolidator, extract_bank
+    from xpert_pl.models import load_causal_lm
+
+    source, fast = load_causal_lm(tiny_source_dir), TuckerConsolidator(n_iter_max=3)
+    selection = json.loads((tiny_analysis_dir / "selection.json").read_text())
+    plain = extract_bank(source, selection, fast, progress=False)
+    aligned = extract_bank(source, selection, fast, progress=False, align_neurons=True)
+    assert plain.manifest["align_neurons"] is None
+    record = aligned.manifest["align_neurons"]
+    for layer in selection["layers"]:
+        weights, experts = layer["weights"], layer["experts"]
+        assert record["reference"][layer["layer"]] == experts[weights.index(max(weights))]
+        assert (
+            record["correlation"][layer["layer"]]["after"]
+            >= record["correlation"][layer["layer"]]["correlation_before"]
+        )
+    # The reference expert's own matrices are stacked unpermuted: the expert mode's norms are those of plain.
+    for key, entries in plain.entries.items():
+        assert entries["gate"].expert_norm == pytest.approx(aligned.entries[key]["gate"].expert_norm)

@@ -8,6 +8,7 @@ the bank's layers are the group indices 0..G-1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import read_json
+from xpert_pl.bank.align import NeuronAlignedStack
 from xpert_pl.bank.store import BankEntry, KnowledgeBank
 from xpert_pl.bank.tucker import TuckerConsolidator
 from xpert_pl.provenance import check_same_source, recorded_source, source_fingerprint
@@ -147,6 +149,7 @@ def extract_bank(
     progress: bool = True,
     group_layers: int | None = None,
     finished: FinishedUnits | None = None,
+    align_neurons: bool = False,
 ) -> KnowledgeBank:
     """Stack the selected experts of every selected layer (or layer group), per matrix, and Tucker-decompose them.
 
@@ -165,11 +168,19 @@ def extract_bank(
             of layers (so they sum to 1), and the bank's layers are 0..G-1. None: one bank layer per source layer.
         finished: where each bank layer is kept as soon as it is decomposed; layers found there (made with the
             same settings, see `FinishedUnits`) are not decomposed again.
+        align_neurons: permute each selected expert's intermediate neurons onto the layer's most heavily weighted
+            expert before stacking (`xpert_pl.bank.align`); recorded in the manifest with the mean matched
+            correlation before and after.
     """
     selection = read_selection(selection)
     description = _checked_description(source, selection, source_description)
     reader = expert_reader(source)
     chosen = _checked_selection(selection, reader.num_experts)
+    aligned = None
+    if align_neurons:
+        reference = {layer: choice.experts[int(choice.weights.argmax())] for layer, choice in chosen.items()}
+        aligned = NeuronAlignedStack(reader.stack, reference)
+        reader = dataclasses.replace(reader, stack=aligned)
     groups = group_source_layers(list(chosen), group_layers)
     entries, weights, experts, expert_layers = {}, {}, {}, {}
     for key, layers in tqdm(groups.items(), desc="extract bank", unit="layer", disable=not progress):
@@ -184,6 +195,7 @@ def extract_bank(
         "selection": selection,
         "tucker": consolidator.describe(),
         "grouping": grouping,
+        "align_neurons": None if aligned is None else {"reference": aligned.reference, "correlation": aligned.record},
     }
     return KnowledgeBank(
         entries=entries,

@@ -226,6 +226,7 @@ def extract(
     trust_remote_code: bool = False,
     group_layers: int | None = None,
     dry_run: bool = False,
+    align_neurons: bool = False,
 ) -> BankResult | None:
     """Stack the selected experts per layer and matrix, Tucker-decompose them, and save the knowledge bank.
 
@@ -242,6 +243,9 @@ def extract(
             None: one bank layer per selected layer.
         dry_run: validate the inputs, print per layer (or group) and matrix the stacked shape, ranks, algorithm
             and memory, read from the weight files' headers, and stop: nothing is decomposed or written.
+        align_neurons: before stacking, permute each selected expert's intermediate neurons onto the layer's most
+            heavily weighted expert (Hungarian matching on weight correlations), so the decomposition does not mix
+            unrelated units; recorded in the manifest.
 
     Returns:
         What was written (None for a dry run).
@@ -264,7 +268,7 @@ def extract(
         fate = fate if problem is None else f"would be refused: {problem}"
         print(f"dry run: nothing was decomposed or written ({out_dir} {fate})")
         return None
-    settings = {"source": fingerprint, "selection": chosen, "group_layers": group_layers}
+    settings = {"source": fingerprint, "selection": chosen, "group_layers": group_layers, "align": align_neurons}
     finished = FinishedUnits(partial_directory(out_dir), {**settings, "tucker": consolidator.describe()})
     bank = extract_bank(
         source,
@@ -273,6 +277,7 @@ def extract(
         source_description=source_record(fingerprint, model),
         group_layers=group_layers,
         finished=finished,
+        align_neurons=align_neurons,
     )
     bank.save(out_dir)
     finished.discard()
