@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from xpert_pl.experiments.matrix import BASELINE
-from xpert_pl.layout import RunLayout
+from xpert_pl.layout import CELL_FILE, METRICS_FILE, RunLayout
 
 XPERT = "xpert"
 
@@ -164,7 +164,7 @@ def load_runs(runs_dir: str | Path) -> RunsDir:
 def read_cell(path: Path) -> CellRun:
     """One cell directory: its record, curves and final metrics (a problem is recorded, never raised)."""
     scale, budget, method = path.parts[-4], path.parts[-3], path.parts[-2]
-    record = _read_json(path / "cell.json") or {}
+    record = _read_json(path / CELL_FILE) or {}
     cell = CellRun(
         scale=str(record.get("scale", scale)),
         budget=str(record.get("budget", budget)),
@@ -185,7 +185,7 @@ def read_cell(path: Path) -> CellRun:
 
 
 def _read_results(cell: CellRun) -> None:
-    metrics = cell.path / "metrics.csv"
+    metrics = cell.path / METRICS_FILE
     if not metrics.is_file():
         cell.problem = "no metrics.csv"
         return

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from xpert_pl.layout import HF_DIR, METRICS_FILE, RunLayout
+from xpert_pl.layout import HF_DIR, METRICS_FILE, RunLayout, hf_config
 from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
 from xpert_pl.report.runs import read_metrics_csv
 
@@ -28,7 +28,7 @@ SOURCE_FIELDS = (
 
 def source_section(layout: RunLayout) -> list[Block]:
     """Architecture, tokens seen and final validation losses of the source MoE (what its export and run hold)."""
-    config = _read_json(layout.source_hf / "config.json")
+    config = _read_json(hf_config(layout.source_hf))
     if not config:
         return []
     items = [f"`{k}`: {config[k]}" for k in SOURCE_FIELDS if config.get(k) is not None]

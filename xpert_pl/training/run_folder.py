@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 
 from xpert_pl.errors import ConfigError
+from xpert_pl.layout import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ LOCK_FILE = ".xpert-fit.lock"
 REPLACED_PREFIX = ".replaced-"
 # What `xpert fit` writes into its run folder: the marks of a run.
 RUN_ENTRIES = (
-    "metrics.csv",
+    METRICS_FILE,
     "config.yaml",
     "hparams.yaml",
     "checkpoints",
