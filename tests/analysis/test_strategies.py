@@ -174,7 +174,6 @@ CLASS_PATHS = [
     ("xpert_pl.analysis.strategies.TopFrequencySelector", {"n": 2, "weighting": "uniform"}),
     ("xpert_pl.analysis.strategies.LeastFrequentSelector", {"n": 3}),
     ("xpert_pl.analysis.strategies.RandomExpertSelector", {"n": 2, "seed": 11}),
-    ("xpert_pl.analysis.selection.RandomExpertSelector", {"seed": 1}),  # re-exported path
     ("xpert_pl.analysis.strategies.DomainSpecialistSelector", {"domain": "law", "n": 1}),
 ]
 

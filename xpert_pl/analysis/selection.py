@@ -7,8 +7,8 @@ which model it was made from. A strategy may add optional per-layer keys after t
 `weights_note` when frequency weights fell back to uniform); readers ignore keys they do not know.
 
 This module holds the schema, the `ExpertSelector` interface, the helpers every strategy shares and the XPERT
-default `ConsistentExpertSelector`; the other strategies live in `xpert_pl.analysis.strategies` and are
-re-exported here, so `xpert_pl.analysis.selection.<Name>` works as a `class_path` too.
+default `ConsistentExpertSelector`; the other strategies live in `xpert_pl.analysis.strategies` (and are exported
+by `xpert_pl.analysis`).
 """
 
 from __future__ import annotations
@@ -16,48 +16,26 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from xpert_pl.analysis.counter import ActivationCounts
 from xpert_pl.artifacts import read_json, write_json
 
-if TYPE_CHECKING:
-    from xpert_pl.analysis.strategies import (
-        DomainSpecialistSelector,
-        LeastFrequentSelector,
-        RandomExpertSelector,
-        TopFrequencySelector,
-    )
-
 SELECTION_KEYS = ("strategy", "n", "num_experts", "top_k", "domains", "score", "layers")
 LAYER_KEYS = ("layer", "experts", "weights", "scores")
 WEIGHTINGS = ("frequency", "uniform")
 Weighting = Literal["frequency", "uniform"]
-_STRATEGIES = ("DomainSpecialistSelector", "LeastFrequentSelector", "RandomExpertSelector", "TopFrequencySelector")
 
 __all__ = [
     "LAYER_KEYS",
     "SELECTION_KEYS",
     "ConsistentExpertSelector",
-    "DomainSpecialistSelector",
     "ExpertSelector",
     "LayerSelection",
-    "LeastFrequentSelector",
-    "RandomExpertSelector",
     "Selection",
-    "TopFrequencySelector",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy re-export: strategies.py imports this module, so an eager import here would be circular.
-    if name in _STRATEGIES:
-        from xpert_pl.analysis import strategies
-
-        return getattr(strategies, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

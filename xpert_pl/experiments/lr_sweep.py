@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xpert_pl.artifacts import write_json
 from xpert_pl.experiments.matrix import Cell, LRSweep
 from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config
 from xpert_pl.pipeline.config import merge
 
-if TYPE_CHECKING:
-    from xpert_pl.experiments.runner import MatrixRunner
+# The runner is passed in (typed `Any`): it imports this module when a matrix has a sweep, and a type import the
+# other way would make the two modules a cycle.
+MatrixRunner = Any
 
 log = logging.getLogger(__name__)
 
