@@ -1,13 +1,16 @@
 """The XPERT pipeline as typed Python functions, callable from a notebook with no command line involved:
 
     from xpert_pl import pipeline
+    from xpert_pl.data import PretrainDataModule
+
     tok = pipeline.train_tokenizer("runs/tokenizer", vocab_size=4096)
-    source = pipeline.fit(["configs/source/tiny.yaml"], "runs/source", {"data.init_args.tokenizer": str(tok)})
-    analysis = pipeline.analyze(str(source.hf_dir), data, out_dir="runs/analysis")
+    data = {"data.init_args.tokenizer": str(tok)}
+    source = pipeline.fit(["configs/source/tiny.yaml"], "runs/source", data)
+    analysis = pipeline.analyze(str(source.hf_dir), PretrainDataModule(tokenizer=str(tok)), out_dir="runs/analysis")
     bank = pipeline.extract(str(source.hf_dir), str(analysis.selection), out_dir="runs/bank")
     student = pipeline.fit(["configs/pretrain/tiny.yaml", "configs/methods/xpert.yaml"], "runs/student",
-                           {"model.initializer.init_args.bank": str(bank.out_dir)})
-    sft = pipeline.fine_tune(["configs/sft/dolly.yaml"], student.hf_dir, "runs/sft")
+                           {**data, "model.initializer.init_args.bank": str(bank.out_dir)})
+    sft = pipeline.fine_tune(["configs/sft/dolly.yaml"], student.hf_dir, "runs/sft", data)
     scores = pipeline.evaluate(sft.hf_dir, tasks=["boolq"], limit=50)
     pipeline.write_report("runs/bench-quick")
 
