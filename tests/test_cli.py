@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_help_lists_the_commands(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "analyze", "extract", "demo"):
+    for command in ("fit", "analyze", "extract", "bench", "report", "tokenizer"):
         assert command in out
 
 
