@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 INDEX_FILE = "model.safetensors.index.json"
 SHARDS = 3
 INIT_STD = 0.02
@@ -167,7 +168,7 @@ def peak_rss_run(command: list[str], log_file: Path) -> dict[str, Any]:
 
     start, peak = time.perf_counter(), 0
     with log_file.open("w") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         proc = psutil.Process(child.pid)
         while child.poll() is None:
             peak = max(peak, _tree_rss(proc))
@@ -195,7 +196,9 @@ def ensure_tokenizer(work_dir: Path) -> Path:
     """The kit's 4,096-token tokenizer under `work_dir` (random weights: any tokenizer within the vocab does)."""
     tokenizer = work_dir / "tokenizer"
     if not (tokenizer / "tokenizer.json").is_file():
-        subprocess.run(xpert("tokenizer", "--out_dir", str(tokenizer), "--max_chars_per_domain", "200000"), check=True)
+        subprocess.run(
+            xpert("tokenizer", "--out_dir", str(tokenizer), "--max_chars_per_domain", "200000"), check=True, cwd=ROOT
+        )
     return tokenizer
 
 
@@ -206,7 +209,7 @@ def run_analyze(checkpoint: Path, work_dir: Path, tokens: int) -> dict[str, Any]
     command = xpert(
         "analyze", "--model", str(checkpoint), "--out_dir", str(out), "--precision", "bfloat16",
         "--max_tokens_per_domain", str(tokens), "--plots", "false",
-        "--data.tokenizer", str(ensure_tokenizer(work_dir)), "--data.domains", "[wikipedia]",
+        "--data.tokenizer", str(ensure_tokenizer(work_dir)), "--data.domains", '[{"name": "wikipedia"}]',
         "--data.block_size", "256", "--data.batch_size", "4", "--data.max_docs_per_domain", "200",
         "--data.cache_dir", str(work_dir / "cache"),
         "--selector", "xpert_pl.analysis.ConsistentExpertSelector", "--selector.n", "8",
