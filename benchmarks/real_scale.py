@@ -9,8 +9,8 @@ most one shard is ever in memory. `xpert analyze` (a few thousand tokens, `--pre
 descendants) are measured, and the figures go to `benchmarks/results/real_scale.json` (`--layers N`: the same
 per-layer shapes with N layers, to `real_scale_<N>l.json`).
 
-    python benchmarks/real_scale.py                 # full size: ~14 GB of disk, ~20 min, needs ~20 GB of RAM
-    python benchmarks/real_scale.py --layers 2      # reduced: ~1.7 GB, a few minutes
+    python benchmarks/real_scale.py                 # full size: ~14 GB of disk, ~20 min; analysis peaked at 22.5 GB RSS
+    python benchmarks/real_scale.py --layers 2      # reduced: 2.1 GB, a few minutes
 
 Not part of CI.
 """
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,11 +278,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "extract"}, indent=2, default=str))
     return result
-
-
-def iter_keys(config: dict[str, Any]) -> Iterator[str]:
-    """The checkpoint's keys in order (for tests and inspection)."""
-    return (key for key, _ in tensor_specs(config))
 
 
 if __name__ == "__main__":
