@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -139,10 +140,22 @@ def _run(command: str, argv: list[str]) -> None:
     if command not in FUNCTION_COMMANDS:
         choices = ", ".join([*LIGHTNING_COMMANDS, *FUNCTION_COMMANDS])
         raise ConfigError([f"unknown command '{command}'; choose one of: {choices}"])
+    if command == "extract":
+        _passive_openmp_threads()
     from jsonargparse import auto_cli
 
     function = _load(FUNCTION_COMMANDS[command])
     auto_cli(function, args=argv[1:], as_positional=command in POSITIONAL, exit_on_error=False)
+
+
+def _passive_openmp_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spin (unless OMP_WAIT_POLICY is set; only before torch loads).
+
+    On a CPU shared with other jobs, spinning threads made extraction's eigendecompositions 2-7x slower
+    (benchmarks/README.md, `real_scale.py`). Its cost on an idle CPU (later wake-ups) was not measured.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _is_sigterm(exit_: SystemExit) -> bool:

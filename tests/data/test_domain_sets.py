@@ -149,6 +149,7 @@ def test_analyze_with_a_domain_set(tiny_data_root, tiny_tokenizer_dir, tmp_path)
     assert meta["domain_set"][0]["weight"] == 2.0 and meta["domain_set"][0]["files"] == ["corpus/law/*.jsonl"]
     assert meta["domain_set"][1]["resolved_files"][0].endswith("code/code.jsonl")
     assert meta["precision"] == "float32" and meta["model_fingerprint"]
+    assert meta["timing"]["tokens"] == 200 and meta["timing"]["tokens_per_second"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tokens"] == {"legal": 100, "code": 100} and "selection.json" in manifest["files"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,9 @@ def analyze(
     dtype, memory_problems = plan_precision(model, precision, device) if not problems else (None, [])
     raise_if_problems(problems + memory_problems)
     check_tokenizer_matches(data.tokenizer, model, trust_remote_code=trust_remote_code)
+    load_start = time.perf_counter()
     source = load_for_analysis(model, dtype, trust_remote_code=trust_remote_code, fallback=load_causal_lm)
+    load_seconds = time.perf_counter() - load_start
     if device.type == "cpu":
         bound_cpu_allocations()
     layers = moe_layers(source)
@@ -107,7 +110,9 @@ def analyze(
     settings |= {"data": {k: data.hparams[k] for k in ("tokenizer", "block_size", "max_val_blocks_per_domain")}}
     settings |= {"domains": [dataclasses.asdict(s) for s in data.domains]}
     finished = FinishedUnits(partial_directory(out_dir), settings) if devices == 1 else None
+    count_start = time.perf_counter()
     counts = _count_routing(source, data, device, devices, max_tokens_per_domain, precision, finished)
+    count_seconds = time.perf_counter() - count_start
     if counts is None:  # a rank other than 0 of a multi-device run: rank 0 writes
         return None
     meta = {
@@ -123,6 +128,7 @@ def analyze(
         "moe_layers": [layer.index for layer in layers],
         # Always-on experts are not routed, so they are never counted or selectable; listed for the record.
         "shared_experts": {str(layer.index): layer.shared for layer in layers if layer.shared},
+        "timing": _analysis_timing(load_seconds, count_seconds, int(counts.tokens.sum())),
     }
     with atomic_directory(out_dir, "analysis") as tmp:
         selection = write_analysis(counts, tmp, selector, meta, plots)
@@ -134,6 +140,20 @@ def analyze(
     out = Path(out_dir)
     experts = {layer.layer: list(layer.experts) for layer in selection.layers}
     return AnalysisResult(out, out / SELECTION_FILE, out / COUNTS_FILE, experts)
+
+
+def _analysis_timing(load_seconds: float, count_seconds: float, tokens: int) -> dict[str, float | int]:
+    """Load and counting seconds with the tokens counted per second, for the analysis manifest and the log."""
+    timing = {"load_seconds": load_seconds, "count_seconds": count_seconds, "tokens": tokens}
+    timing["tokens_per_second"] = tokens / count_seconds if count_seconds > 0 else 0.0
+    log.info(
+        "model loaded in %.1f s; %d tokens counted in %.1f s (%.1f tokens/s)",
+        load_seconds,
+        tokens,
+        count_seconds,
+        timing["tokens_per_second"],
+    )
+    return timing
 
 
 def _prepare_domains(
@@ -279,7 +299,9 @@ def extract(
         finished=finished,
         align_neurons=align_neurons,
     )
+    save_start = time.perf_counter()
     bank.save(out_dir)
     finished.discard()
+    log.info("bank saved in %.1f s", time.perf_counter() - save_start)
     log.info("knowledge bank written to %s", Path(out_dir).resolve())
     return BankResult(Path(out_dir), Path(out_dir) / BANK_MANIFEST_FILE, len(bank.manifest.get("layers", [])))
