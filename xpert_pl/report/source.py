@@ -38,13 +38,18 @@ def source_section(layout: RunLayout) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Source MoE"), Bullets(items)]
     final = final_validation(layout.source_run / METRICS_FILE)
     if final:
-        rows = [[_domain(k), f"{v:.4f}"] for k, v in sorted(final.items(), key=lambda kv: (kv[0] != "val/loss", kv[0]))]
+        unigram = (_read_json(layout.unigram) or {}).get("loss", {})
+        rows = []
+        for key, value in sorted(final.items(), key=lambda kv: (kv[0] != "val/loss", kv[0])):
+            floor = unigram.get("all" if key == "val/loss" else key.removeprefix("val/loss/"))
+            rows.append([_domain(key), f"{value:.4f}", "-" if floor is None else f"{floor:.4f}"])
         blocks += [
             Paragraph(
-                "The source's own validation loss at its last step (nats/token), on the split the students "
-                "are validated on:"
+                "The source's own validation loss at its last step (nats/token), on the split the students are "
+                "validated on, beside a unigram model of the train split (add-one smoothing) on the same tokens: "
+                "a source near the unigram loss has little knowledge to transfer."
             ),
-            Table(["domain", "validation loss"], rows, (False, True)),
+            Table(["domain", "source", "unigram"], rows, (False, True, True)),
         ]
     elif layout.source_hf != layout.source_run / HF_DIR:
         blocks.append(Paragraph(f"The source was given (`{layout.source_hf}`): its training run is not here."))
