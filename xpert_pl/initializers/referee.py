@@ -90,8 +90,9 @@ class ReselectedBankInit(FFNTransferInit):
     def build_bank(self) -> KnowledgeBank:
         """Read the experts of `selection()` from the source and decompose them (`xpert bench run` does this once,
         as a stage, and hands the bank to every cell as `bank`)."""
+        selection = self.selection()  # a missing analysis is named before the source is opened
         source = analysis_source(self.analysis, self.source, self.trust_remote_code)
-        return extract_bank(source, self.selection(), self.consolidator, {"model": str(self.source)}, progress=False)
+        return extract_bank(source, selection, self.consolidator, {"model": str(self.source)}, progress=False)
 
     def staged_bank(self) -> KnowledgeBank:
         """The bank at `bank`, refused unless it holds exactly this control's selection and Tucker settings."""
