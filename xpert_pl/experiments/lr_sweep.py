@@ -40,8 +40,8 @@ def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
                 call = runner.pretrain_call(sweep_cell(runner, sweep, method))
                 last = run_dir / "checkpoints" / "last.ckpt"
                 config = merge(call.config, {"model": {"learning_rate": rate}})
-                call = dataclasses.replace(call, config=config, run_dir=run_dir)
-                call = dataclasses.replace(call, resume=last.is_file(), overwrite=not last.is_file())
+                resume = last.is_file()
+                call = dataclasses.replace(call, config=config, run_dir=run_dir, resume=resume, overwrite=not resume)
                 status = runner.launch(call, run_dir / "pretrain.log")
                 log.info("[bench] lr sweep %s at %g: exit status %d", method, rate, status)
             losses[method][f"{rate:g}"] = last_validation(run_dir / METRICS_FILE).get("val/loss")

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
@@ -200,7 +199,7 @@ class MatrixRunner:
     def stage_config(self, stage: Stage, settings: dict[str, Any], method: str | None = None) -> Config:
         """A training stage's configuration, later layers winning: its config files, its overrides, the method's
         YAML (artifacts bound), the shared data settings, then `settings` (dotted keys)."""
-        config = merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
+        config = stage_base(stage)
         if method is not None:
             config = merge(config, self.method_config(method))
         data = {f"data.init_args.{k}": v for k, v in self.data_settings().items()}
@@ -222,8 +221,7 @@ class MatrixRunner:
     @staticmethod
     def function_config(stage: Stage, settings: dict[str, Any]) -> Config:
         """An analyze/extract stage's arguments: its YAML(s), its overrides, then `settings`."""
-        config = merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
-        return merge(config, settings)
+        return merge(stage_base(stage), settings)
 
     def _control_bank(self, method: str, bank: Path) -> None:
         """Build `method`'s own bank once (a control with its own selection), for every cell of the method."""
@@ -257,8 +255,7 @@ class MatrixRunner:
         settings = {f"data.init_args.{k}": v for k, v in shared.items()}
         settings |= {"model.init_checkpoint": str(run_dir / HF_DIR), "seed_everything": cell.seed}
         settings |= {"trainer.max_steps": stage.steps}
-        config = merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
-        return FitCall(merge(config, nested(settings)), run_dir / "sft", overwrite=True)
+        return FitCall(merge(stage_base(stage), nested(settings)), run_dir / "sft", overwrite=True)
 
     def run_cell(self, cell: Cell) -> str:
         """Run (or resume) one cell and its follow-up stages; returns its final status."""
@@ -267,16 +264,17 @@ class MatrixRunner:
         if record.get("status") == "done":
             return "skipped"
         record = {**_describe(cell), "status": "running", "stage_wall_s": record.get("stage_wall_s", {})}
-        record["learning_rate"] = self.pretrain_call(cell).config.get("model", {}).get("learning_rate")
+        pretrain = self.pretrain_call(cell)
+        record["learning_rate"] = pretrain.config.get("model", {}).get("learning_rate")
         write_json(run_dir / CELL_FILE, record)
-        stages = [("pretrain", self.pretrain_call, hf_config(run_dir / HF_DIR))]
+        stages = [("pretrain", lambda: pretrain, hf_config(run_dir / HF_DIR))]
         if self.matrix.wants_sft(cell):
-            stages.append(("sft", self.sft_call, hf_config(run_dir / "sft" / HF_DIR)))
+            stages.append(("sft", lambda: self.sft_call(cell), hf_config(run_dir / "sft" / HF_DIR)))
         for name, build, marker in stages:
             if marker.is_file():
                 continue
             start = time.perf_counter()
-            status = self.launch(build(cell), run_dir / f"{name}.log")
+            status = self.launch(build(), run_dir / f"{name}.log")
             record["stage_wall_s"][name] = record["stage_wall_s"].get(name, 0.0) + time.perf_counter() - start
             if status != 0:
                 write_json(run_dir / CELL_FILE, {**record, "status": "failed", "failed_stage": name})
@@ -327,22 +325,21 @@ class MatrixRunner:
         return counts
 
 
+def stage_base(stage: Stage) -> Config:
+    """A stage's own configuration: its config files merged in order, then its overrides."""
+    return merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
+
+
 def _describe(cell: Cell) -> dict[str, Any]:
     return {"scale": cell.scale, "budget": cell.budget, "method": cell.method, "seed": cell.seed, "steps": cell.steps}
 
 
 def _tokens_budget(run_dir: Path, steps: int) -> int | None:
     """Tokens a run was given: steps x batch size x block size (x devices), from its saved config."""
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        return None
-    config = yaml.safe_load(config_file.read_text())
-    data = config.get("data", {}).get("init_args", {})
-    devices = config.get("trainer", {}).get("devices", 1)
-    devices = devices if isinstance(devices, int) and devices > 0 else 1
-    if "block_size" not in data or "batch_size" not in data:
-        return None
-    return int(steps * data["batch_size"] * data["block_size"] * devices)
+    from xpert_pl.pipeline.training import run_config, tokens_per_step
+
+    per_step = tokens_per_step(run_config(run_dir))
+    return None if per_step is None else steps * per_step
 
 
 def bench_run(matrix: str, jobs: int = 1, only: Sequence[str] | None = None) -> None:

@@ -67,6 +67,7 @@ class ReselectedBankInit(FFNTransferInit):
         self.collapse = collapse
         self.trust_remote_code = trust_remote_code
         self.bank = bank
+        self._staged: KnowledgeBank | None = None
 
     @abc.abstractmethod
     def selector(self, n: int) -> ExpertSelector:
@@ -95,7 +96,10 @@ class ReselectedBankInit(FFNTransferInit):
         return extract_bank(source, selection, self.consolidator, {"model": str(self.source)}, progress=False)
 
     def staged_bank(self) -> KnowledgeBank:
-        """The bank at `bank`, refused unless it holds exactly this control's selection and Tucker settings."""
+        """The bank at `bank`, refused unless it holds exactly this control's selection and Tucker settings;
+        loaded (and checked) on first use, as `XpertInit.load_bank`."""
+        if self._staged is not None:
+            return self._staged
         bank, expected = KnowledgeBank.load(self.bank), self.selection()
         made = bank.manifest.get("selection", {})
         chosen = [(layer["layer"], layer["experts"]) for layer in made.get("layers", [])]
@@ -107,6 +111,7 @@ class ReselectedBankInit(FFNTransferInit):
                     "settings than this control's; drop `bank` (the control builds its own) or rebuild it"
                 ]
             )
+        self._staged = bank
         return bank
 
     def source_ffn(self, num_target_layers: int) -> SourceFFN:

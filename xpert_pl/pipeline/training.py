@@ -49,6 +49,24 @@ def last_validation(metrics_csv: Path) -> dict[str, float]:
     return final
 
 
+def run_config(run_dir: Path) -> Config:
+    """The configuration a run saved (`config.yaml`), {} when it has none."""
+    import yaml
+
+    config_file = run_dir / "config.yaml"
+    return (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+
+
+def tokens_per_step(config: Mapping[str, Any]) -> int | None:
+    """Batch size x block size (x devices) of a fit configuration; None when it does not say."""
+    data, trainer = config.get("data", {}).get("init_args", {}), config.get("trainer", {})
+    devices = trainer.get("devices", 1)
+    devices = devices if isinstance(devices, int) and devices > 0 else 1
+    if "block_size" not in data or "batch_size" not in data:
+        return None
+    return int(data["batch_size"] * data["block_size"] * devices)
+
+
 def fit_config(
     config: ConfigSource,
     run_dir: str | Path,

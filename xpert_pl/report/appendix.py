@@ -9,11 +9,10 @@ import shutil
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from xpert_pl.layout import bank_manifest
 from xpert_pl.report.render import Block, Bullets, Code, Figure, Heading, Paragraph, Table
-from xpert_pl.report.runs import RunsDir
+from xpert_pl.report.runs import RunsDir, read_json_or_none
 from xpert_pl.report.stats import MIN_SEEDS
 
 PACKAGES = ("torch", "lightning", "transformers", "tensorly", "lm_eval", "datasets", "numpy", "scipy", "matplotlib")
@@ -35,7 +34,7 @@ def activation_section(runs: RunsDir, figures: Path, layer_heatmaps: bool = Fals
 
 
 def _selection_blocks(path: Path) -> list[Block]:
-    selection = _read_json(path)
+    selection = read_json_or_none(path)
     if not selection:
         return []
     text = (
@@ -68,7 +67,7 @@ def statistics_notes() -> list[Block]:
 
 def bank_section(runs: RunsDir) -> list[Block]:
     """Tucker settings, ranks and relative reconstruction errors of the knowledge bank."""
-    manifest = _read_json(bank_manifest(runs.layout.bank))
+    manifest = read_json_or_none(bank_manifest(runs.layout.bank))
     if not manifest:
         return []
     tucker = manifest.get("tucker") or {}
@@ -136,14 +135,7 @@ def configs_section(runs: RunsDir) -> list[Block]:
         seen.add(key)
         where = f"{cell.scale}/{cell.budget}/{cell.method}/seed{cell.seed}"
         blocks.append(Code(config.read_text(), "yaml", f"{where}/config.yaml (other seeds: their cell directories)"))
-        objective = _read_json(cell.path / "objective.json")
+        objective = read_json_or_none(cell.path / "objective.json")
         if objective:
             blocks.append(Code(json.dumps(objective, indent=2), "json", f"{where}/objective.json"))
     return blocks
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

@@ -164,7 +164,7 @@ def load_runs(runs_dir: str | Path) -> RunsDir:
 def read_cell(path: Path) -> CellRun:
     """One cell directory: its record, curves and final metrics (a problem is recorded, never raised)."""
     scale, budget, method = path.parts[-4], path.parts[-3], path.parts[-2]
-    record = _read_json(path / CELL_FILE) or {}
+    record = read_json_or_none(path / CELL_FILE) or {}
     cell = CellRun(
         scale=str(record.get("scale", scale)),
         budget=str(record.get("budget", budget)),
@@ -245,7 +245,7 @@ def read_rouge(sft_dir: Path) -> dict[str, float]:
     files = [p for p in sft_dir.rglob("rougeL_step*.json") if _step_of(p) is not None] if sft_dir.is_dir() else []
     if not files:
         return {}
-    summary = _read_json(max(files, key=lambda p: (_step_of(p), str(p)))) or {}
+    summary = read_json_or_none(max(files, key=lambda p: (_step_of(p), str(p)))) or {}
     return {f"rougeL/{name}": float(s["mean"]) for name, s in (summary.get("sets") or {}).items() if "mean" in s}
 
 
@@ -261,7 +261,7 @@ def read_lm_eval(directory: Path, prefix: str, part: str = "metrics") -> dict[st
     files = sorted(found, key=lambda p: (_step_of(p) or 0, p.name))
     if not files:
         return {}
-    data = _read_json(files[-1]) or {}
+    data = read_json_or_none(files[-1]) or {}
     if isinstance(data.get("tasks"), dict):
         per_task = {t: (e or {}).get(part) or {} for t, e in data["tasks"].items()}
     elif part != "metrics":
@@ -318,7 +318,8 @@ def _expected_cells(matrix: dict[str, Any]) -> list[AbsentCell]:
     ]
 
 
-def _read_json(path: Path) -> Any:
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file's content, None when it is missing or malformed (a report records problems, never raises)."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

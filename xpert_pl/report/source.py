@@ -3,15 +3,12 @@ validation loss overall and per domain)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from xpert_pl.layout import HF_DIR, METRICS_FILE, RunLayout, hf_config
+from xpert_pl.pipeline.training import last_validation, run_config, tokens_per_step
 from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
-from xpert_pl.report.runs import read_metrics_csv
+from xpert_pl.report.runs import read_json_or_none
 
 SOURCE_FIELDS = (
     "model_type",
@@ -28,7 +25,7 @@ SOURCE_FIELDS = (
 
 def source_section(layout: RunLayout) -> list[Block]:
     """Architecture, tokens seen and final validation losses of the source MoE (what its export and run hold)."""
-    config = _read_json(hf_config(layout.source_hf))
+    config = read_json_or_none(hf_config(layout.source_hf))
     if not config:
         return []
     items = [f"`{k}`: {config[k]}" for k in SOURCE_FIELDS if config.get(k) is not None]
@@ -38,7 +35,7 @@ def source_section(layout: RunLayout) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Source MoE"), Bullets(items)]
     final = final_validation(layout.source_run / METRICS_FILE)
     if final:
-        unigram = (_read_json(layout.unigram) or {}).get("loss", {})
+        unigram = (read_json_or_none(layout.unigram) or {}).get("loss", {})
         rows = []
         for key, value in sorted(final.items(), key=lambda kv: (kv[0] != "val/loss", kv[0])):
             floor = unigram.get("all" if key == "val/loss" else key.removeprefix("val/loss/"))
@@ -59,32 +56,20 @@ def source_section(layout: RunLayout) -> list[Block]:
 def tokens_seen(run_dir: Path) -> int | None:
     """max_steps x batch x block (x devices) of a finished training run, from its saved config.yaml (None if
     unknown)."""
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file() or not (run_dir / HF_DIR).is_dir():
+    if not (run_dir / HF_DIR).is_dir():
         return None
-    config = yaml.safe_load(config_file.read_text()) or {}
-    data, trainer = config.get("data", {}).get("init_args", {}), config.get("trainer", {})
-    devices = trainer.get("devices") if isinstance(trainer.get("devices"), int) else 1
-    sizes = [trainer.get("max_steps"), data.get("batch_size"), data.get("block_size")]
-    if not all(isinstance(v, int) and v > 0 for v in sizes):
+    config = run_config(run_dir)
+    steps, per_step = config.get("trainer", {}).get("max_steps"), tokens_per_step(config)
+    if not isinstance(steps, int) or steps <= 0 or not per_step:
         return None
-    return sizes[0] * sizes[1] * sizes[2] * max(1, devices)
+    return steps * per_step
 
 
 def final_validation(metrics: Path) -> dict[str, float]:
     """The last logged value of `val/loss` and of every `val/loss/<domain>`."""
-    final: dict[str, float] = {}
-    for row in read_metrics_csv(metrics) if metrics.is_file() else []:
-        final |= {k: v for k, v in row.items() if k == "val/loss" or k.startswith("val/loss/")}
-    return final
+    final = last_validation(metrics)
+    return {k: v for k, v in final.items() if k == "val/loss" or k.startswith("val/loss/")}
 
 
 def _domain(key: str) -> str:
     return "all domains" if key == "val/loss" else key.removeprefix("val/loss/")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
