@@ -29,8 +29,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/xpert bench run configs/bench/small.yaml
-	$(BIN)/xpert report runs/bench-small
+	$(BIN)/xpert bench run configs/bench/reference.yaml
+	$(BIN)/xpert report runs/bench-reference
 
 bench-quick: $(STAMP)
 	$(BIN)/xpert bench run configs/bench/quick.yaml

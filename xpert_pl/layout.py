@@ -88,6 +88,11 @@ class RunLayout:
         return self.shared / "unigram.json"
 
     @property
+    def wall_times(self) -> Path:
+        """Seconds each shared stage and learning-rate sweep run took, summed over reruns."""
+        return self.shared / "wall_s.json"
+
+    @property
     def analysis(self) -> Path:
         return self.shared / "analysis"
 

@@ -12,6 +12,7 @@ import yaml
 from xpert_pl.callbacks import LMEvalCallback, RougeLCallback
 from xpert_pl.cli import run_lightning_cli
 from xpert_pl.data.prompts import alpaca_prompt
+from xpert_pl.evaluation import DIALOGUE_SETS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "sft"
 SFT_YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -97,16 +98,27 @@ def test_sft_configs_build(config, sft_data_root, tiny_tokenizer, tmp_path):
     assert type(dm.source).__name__ == spec["class_path"].rsplit(".", 1)[1]
 
 
-def test_bench_evaluation_overlay_replaces_the_callbacks(sft_data_root, tiny_tokenizer, tmp_path):
-    overlay = CONFIGS / "eval" / "bench.yaml"
+# Each evaluation overlay: (lm-eval documents per task, split, Rouge-L sets, prompts per set, sampling seeds).
+OVERLAYS = {
+    "bench.yaml": (50, "eval", list(DIALOGUE_SETS), 16, [10, 20]),  # the small bench: limited, development split
+    "final.yaml": (None, "eval_final", ["dollyeval"], None, [10, 20, 30]),  # the reference bench's final numbers
+}
+
+
+@pytest.mark.parametrize("name", sorted(OVERLAYS))
+def test_evaluation_overlays_replace_the_callbacks(name, sft_data_root, tiny_tokenizer, tmp_path):
+    overlay = CONFIGS / "eval" / name
     assert overlay.read_text().startswith("# xpert fit --config configs/sft/dolly.yaml --config configs/sft/eval/")
     args = _args(CONFIGS / "dolly.yaml", sft_data_root, tiny_tokenizer, tmp_path / "run")
     cli = run_lightning_cli([*args[:3], "--config", str(overlay), *args[3:]], run=False)
     names = [type(c).__name__ for c in cli.trainer.callbacks]
     assert names.count("LMEvalCallback") == 1 and names.count("RougeLCallback") == 1 and "HFExport" in names
+    limit, split, sets, prompts, seeds = OVERLAYS[name]
     (lm_eval,) = [c for c in cli.trainer.callbacks if isinstance(c, LMEvalCallback)]
-    assert lm_eval.tasks == ["boolq", "hellaswag", "piqa", "winogrande"] and lm_eval.limit == 50
-    assert lm_eval.batch_size == 32
+    assert lm_eval.tasks == ["boolq", "hellaswag", "piqa", "winogrande"] and lm_eval.limit == limit
+    assert lm_eval.batch_size == 32 and lm_eval.split == split
+    (rouge,) = [c for c in cli.trainer.callbacks if isinstance(c, RougeLCallback)]
+    assert (rouge.sets, rouge.limit, rouge.seeds, rouge.split) == (sets, prompts, seeds, split)
 
 
 def test_dolly_fine_tune_command_warm_starts_and_writes_rouge(sft_data_root, tiny_tokenizer, tmp_path):

@@ -65,6 +65,15 @@ def test_the_demo_writes_every_stage_and_the_standard_report(demo_run):
     assert "Selection: strategy `consistent`" in text and "## Loss curves" in text
     assert "| scratch |" in text and "| xpert |" in text and "val loss: code" in text
     assert text.index("## Source MoE") < text.index("## Results")
+    figures = sorted(p.name for p in (layout.report / "figures").glob("source_*.png"))
+    assert len(figures) == 1 and f"figures/{figures[0]}" in text  # the source's curve beside the students'
+    wall = json.loads(layout.wall_times.read_text())
+    assert list(wall) == ["tokenizer", "source MoE", "unigram baseline", "analysis", "knowledge bank"]
+    cells = [
+        json.loads((layout.cell("2l", "demo", m, 0) / "cell.json").read_text())["wall_s"] for m in ("scratch", "xpert")
+    ]
+    total = [line for line in text.splitlines() if line.startswith("| total |")]
+    assert total == [f"| total | {(sum(wall.values()) + sum(cells)) / 60:.1f} |"]
 
 
 def test_students_share_everything_but_the_ffn(demo_run):
@@ -89,9 +98,10 @@ def test_exported_students_load_with_plain_transformers(demo_run):
 def test_a_second_demo_run_reuses_every_stage(demo_run, caplog):
     layout, matrix = demo_run[:2]
     metrics = layout.cell("2l", "demo", "xpert", 0) / "metrics.csv"
-    before = metrics.stat().st_mtime_ns
+    before, wall = metrics.stat().st_mtime_ns, json.loads(layout.wall_times.read_text())
     with caplog.at_level("INFO", logger="xpert_pl.experiments.stages"):
         assert MatrixRunner(load_matrix(matrix, root=REPO)).run(matrix) == {"skipped": 2}
     cached = [r.message for r in caplog.records if "cached" in r.message]
     assert len(cached) == 5, cached  # tokenizer, source, unigram baseline, analysis, bank
     assert metrics.stat().st_mtime_ns == before
+    assert json.loads(layout.wall_times.read_text()) == wall  # cached stages add no time

@@ -65,12 +65,25 @@ def test_the_sweep_chooses_scratchs_best_rate_for_every_cell(tmp_path, tiny_sour
     assert {(c.run_dir.parent.name, c.run_dir.name) for c in sweep_calls} == {
         (m, f"lr{r:g}") for m in ("scratch", "xpert") for r in sweep["rates"]
     }
-    assert [c.config["model"]["learning_rate"] for c in cell_calls] == [1e-3] * 4
+    # Seed 0 at the chosen rate is the sweep's own run of each method: copied, not trained again.
+    assert [(c.run_dir.parent.name, c.run_dir.name) for c in cell_calls] == [("scratch", "seed1"), ("xpert", "seed1")]
+    assert [c.config["model"]["learning_rate"] for c in cell_calls] == [1e-3] * 2
     cell = json.loads((runner.layout.cell("2l", "long", "xpert", 1) / "cell.json").read_text())
-    assert cell["learning_rate"] == 1e-3
+    assert cell["learning_rate"] == 1e-3 and "reused_from" not in cell
+    for method in ("scratch", "xpert"):
+        reused = runner.layout.cell("2l", "long", method, 0)
+        twin = runner.layout.lr_sweep_run(method, 1e-3)
+        cell = json.loads((reused / "cell.json").read_text())
+        assert cell["status"] == "done" and cell["reused_from"] == str(twin) and cell["stage_wall_s"]["pretrain"] == 0
+        assert (reused / "metrics.csv").read_text() == (twin / "metrics.csv").read_text()
+        assert (reused / "hf" / "config.json").is_file() and not (reused / "hf.partial").exists()
+    wall = json.loads(runner.layout.wall_times.read_text())
+    assert sorted(wall) == sorted(f"lr sweep: {m} at {r:g}" for m in ("scratch", "xpert") for r in sweep["rates"])
+    assert all(seconds >= 0 for seconds in wall.values())
     before = len(runner.launch.calls)
     runner.run()  # a rerun reuses every sweep run and every cell
     assert len(runner.launch.calls) == before
+    assert json.loads(runner.layout.wall_times.read_text()) == wall  # nothing ran: nothing added
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,8 @@ def test_the_reference_matrices_are_the_issues_design():
     assert headline.scale_seeds("2l") == [0, 1, 2, 3, 4] and len(headline.methods) == 8
     assert headline.budgets["long"] * 32 * 128 >= 2_000_000  # students past the early phase: >= 2 M tokens
     assert headline.lr_sweep.methods == ("scratch", "xpert") and len(headline.lr_sweep.rates) >= 4
+    assert headline.sft.methods == ("scratch", "xpert") and headline.sft.stage.steps == 200
+    assert [p.name for p in headline.sft.stage.configs] == ["final.yaml"]  # eval_final, whole sets
     extended = load_matrix(REPO / "configs" / "bench" / "reference-extended.yaml", root=REPO)
     assert {"xpert_target_init", "norm_matched_scratch", "domain_code", "domain_law"} <= set(extended.methods)
     assert len(extended.budgets) == 3 and len(extended.scales) == 2

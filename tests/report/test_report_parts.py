@@ -142,18 +142,28 @@ def test_lm_eval_scores_within_two_standard_errors_of_chance_are_flagged(tmp_pat
     import json
     from types import SimpleNamespace
 
-    from xpert_pl.report.runs import read_lm_eval
+    from xpert_pl.report.runs import read_answers, read_lm_eval
     from xpert_pl.report.sections import chance_level, no_signal
 
-    summary = {"tasks": {"boolq": {"metrics": {"acc": 0.53}, "stderr": {"acc": 0.02}}}}
+    answers = {"labels": [0.38, 0.62], "acc": [0.01, 0.99], "acc_norm": [0.01, 0.99]}
+    summary = {"tasks": {"boolq": {"metrics": {"acc": 0.53}, "stderr": {"acc": 0.02}, "answers": answers}}}
     (tmp_path / "lm_eval").mkdir()
     (tmp_path / "lm_eval" / "lm_eval_step30.json").write_text(json.dumps(summary))
     assert read_lm_eval(tmp_path, "sft/lm_eval", "stderr") == {"sft/lm_eval/boolq/acc": 0.02}
+    assert read_answers(tmp_path, "sft/lm_eval") == {"sft/lm_eval/boolq": answers}
     assert chance_level("boolq/acc") == 0.5 and chance_level("hellaswag/acc_norm") == 0.25
     assert chance_level("boolq/f1") is None and chance_level("unknown/acc") is None
     key = "sft/lm_eval/boolq/acc"
     scores = {"scratch": (0.53, 0.02), "xpert": (0.60, 0.02), "distillation": (0.46, 0.02)}  # 1.5, 5 and 2 SE away
-    runs = {m: [SimpleNamespace(final={key: v}, stderr={key: e})] for m, (v, e) in scores.items()}
+    runs = {m: [SimpleNamespace(final={key: v}, stderr={key: e}, answers={})] for m, (v, e) in scores.items()}
     analysis = SimpleNamespace(runs=SimpleNamespace(select=lambda scale, budget, m: runs[m]))
-    assert no_signal(analysis, "2l", "long", list(scores), key, "sft/lm_eval/") == "scratch, distillation"
+    flagged = "scratch (chance); distillation (chance)"
+    assert no_signal(analysis, "2l", "long", list(scores), key, "sft/lm_eval/") == flagged
+    assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == "-"
+    # 0.60 is 5 SE above chance but 1 SE below always answering "yes" (62% of the gold answers), which the model
+    # picks 99% of the time: a constant answer, not a skill; without the answer shares it stays unflagged.
+    runs["xpert"][0].answers = {"sft/lm_eval/boolq": answers}
+    reason = "xpert (constant answer: always 1 scores 0.620; picks 1 in 99%)"
+    assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == reason
+    runs["xpert"][0].final[key] = 0.70  # 4 SE above the constant answer: a signal
     assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == "-"

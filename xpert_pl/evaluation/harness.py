@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from xpert_pl.evaluation.answers import answer_shares
 from xpert_pl.evaluation.lm_tasks import (
     LM_TASKS,
     STANDARD_TASKS,
@@ -102,7 +103,7 @@ def evaluate_lm(
                     lm,
                     tasks=list(loaded.values()),
                     limit=limit,
-                    log_samples=False,
+                    log_samples=True,  # each document's pick: the report tells a constant answer from a skill
                     task_manager=manager,  # else it indexes all of lm-eval's tasks again (~10 s)
                     **seed_kwargs(seed),
                 )
@@ -230,6 +231,8 @@ def _task_summary(obj: Task | Group, spec: LMTask, results: Mapping[str, Any]) -
         "version": results["versions"].get(name),
         "num_fewshot": results["n-shot"].get(_leaves(obj)[0].task_name),
     }
+    samples = results.get("samples") or {}
+    summary["answers"] = answer_shares((task, samples.get(task.task_name, [])) for task in _leaves(obj))
     if _is_group(obj):  # MMLU: its categories and subjects
         members = [*obj.get_all_groups(), *obj.get_all_tasks()]
         summary["subtasks"] = {_name(member): _node(member, results) for member in members}

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 from xpert_pl.artifacts import write_json
 from xpert_pl.experiments.matrix import Cell, LRSweep
+from xpert_pl.experiments.stages import record_seconds
 from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config
 from xpert_pl.pipeline.config import merge
 
-# The runner is passed in (typed `Any`): it imports this module when a matrix has a sweep, and a type import the
-# other way would make the two modules a cycle.
+# The runner and its FitCall are passed in (typed `Any`): it imports this module when a matrix has a sweep, and a
+# type import the other way would make the two modules a cycle.
 MatrixRunner = Any
+FitCall = Any
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +40,56 @@ def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
     for method in sweep.methods:
         losses[method] = {}
         for rate in sweep.rates:
-            run_dir = runner.layout.lr_sweep_run(method, rate)
-            if not hf_config(run_dir / HF_DIR).is_file():
-                call = runner.pretrain_call(sweep_cell(runner, sweep, method))
-                last = run_dir / "checkpoints" / "last.ckpt"
-                config = merge(call.config, {"model": {"learning_rate": rate}})
-                resume = last.is_file()
-                call = dataclasses.replace(call, config=config, run_dir=run_dir, resume=resume, overwrite=not resume)
-                status = runner.launch(call, run_dir / "pretrain.log")
+            call = sweep_call(runner, sweep, method, rate)
+            if not hf_config(call.run_dir / HF_DIR).is_file():
+                start = time.perf_counter()
+                status = runner.launch(call, call.run_dir / "pretrain.log")
+                seconds = {f"lr sweep: {method} at {rate:g}": time.perf_counter() - start}
+                record_seconds(runner.layout.wall_times, seconds)
                 log.info("[bench] lr sweep %s at %g: exit status %d", method, rate, status)
-            losses[method][f"{rate:g}"] = last_validation(run_dir / METRICS_FILE).get("val/loss")
+            losses[method][f"{rate:g}"] = last_validation(call.run_dir / METRICS_FILE).get("val/loss")
     record = sweep_record(sweep, losses)
     write_json(runner.layout.lr_sweep, record)
     return record
+
+
+def sweep_call(runner: MatrixRunner, sweep: LRSweep, method: str, rate: float) -> FitCall:
+    """The sweep's run of `method` at `rate` (resuming from its last checkpoint when it has one)."""
+    call = runner.pretrain_call(sweep_cell(runner, sweep, method))
+    run_dir = runner.layout.lr_sweep_run(method, rate)
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    config = merge(call.config, {"model": {"learning_rate": rate}})
+    return dataclasses.replace(call, config=config, run_dir=run_dir, resume=resume, overwrite=not resume)
+
+
+def finished_twin(runner: MatrixRunner, call: FitCall) -> Path | None:
+    """The finished sweep run whose configuration is the same as `call`'s (a headline cell of a swept method, at the
+    sweep's seed and the chosen rate), so the cell reuses it rather than training the same run twice."""
+    sweep = runner.matrix.lr_sweep
+    if sweep is None or runner.learning_rate is None:
+        return None
+    for method in sweep.methods:
+        twin = sweep_call(runner, sweep, method, runner.learning_rate)
+        if twin.config == call.config and hf_config(twin.run_dir / HF_DIR).is_file():
+            return twin.run_dir
+    return None
+
+
+def copy_run(source: Path, run_dir: Path) -> None:
+    """Copy a finished run's files into `run_dir` (the cell's own folder), its exported model last and renamed into
+    place, so the cell counts as trained only once every file is there."""
+    for entry in source.iterdir():
+        if entry.name == HF_DIR:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, run_dir / entry.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(entry, run_dir / entry.name)
+    partial = run_dir / f"{HF_DIR}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)  # the kit's own half-copied export from an interrupted copy
+    shutil.copytree(source / HF_DIR, partial)
+    partial.rename(run_dir / HF_DIR)
 
 
 def best_rate(losses: dict[str, float | None]) -> float | None:

@@ -145,7 +145,7 @@ class MatrixRunner:
         """Tokenizer (unless `data.tokenizer` names one), source MoE (unless given), expert analysis and knowledge
         bank, each skipped once done; the same procedure on an untrained copy of the source when a method reads its
         bank (UntrainedSourceInit); each control's own bank (random or rare experts) when a method reads one."""
-        stages, layout = CachedStages("bench"), self.layout
+        stages, layout = CachedStages("bench", record=self.layout.wall_times), self.layout
         if "tokenizer" not in self.matrix.data:
             data_root = str(self.data_settings()["data_root"])
             stages.run(
@@ -273,6 +273,8 @@ class MatrixRunner:
         for name, build, marker in stages:
             if marker.is_file():
                 continue
+            if name == "pretrain" and self.reuse_sweep_run(pretrain, run_dir, record):
+                continue
             start = time.perf_counter()
             status = self.launch(build(), run_dir / f"{name}.log")
             record["stage_wall_s"][name] = record["stage_wall_s"].get(name, 0.0) + time.perf_counter() - start
@@ -283,6 +285,19 @@ class MatrixRunner:
         record["tokens_budget"] = _tokens_budget(run_dir, cell.steps)
         write_json(run_dir / CELL_FILE, record)
         return "done"
+
+    def reuse_sweep_run(self, pretrain: FitCall, run_dir: Path, record: dict[str, Any]) -> bool:
+        """Copy the learning-rate sweep's finished run with the same configuration as this cell's pretraining (a
+        swept method at the sweep's seed and the chosen rate) instead of training it again; False when none."""
+        from xpert_pl.experiments.lr_sweep import copy_run, finished_twin
+
+        twin = finished_twin(self, pretrain)
+        if twin is None:
+            return False
+        copy_run(twin, run_dir)
+        record |= {"reused_from": str(twin), "stage_wall_s": {**record["stage_wall_s"], "pretrain": 0.0}}
+        log.info("[bench] %s: the same run as the sweep's %s, copied", run_dir, twin)
+        return True
 
     def config_problems(self) -> list[str]:
         """Every cell's fit configuration parsed and checked (nothing built or run), one problem per cell kind

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 class CachedStages:
-    """Runs named stages in order; a stage whose `done_marker` exists is skipped (cached) and timed as 0 s."""
+    """Runs named stages in order; a stage whose `done_marker` exists is skipped (cached) and timed as 0 s.
 
-    def __init__(self, prefix: str = "xpert") -> None:
+    Args:
+        prefix: the tag of the log lines.
+        record: a JSON file where each stage that ran adds its seconds (`record_seconds`), as soon as it ends.
+    """
+
+    def __init__(self, prefix: str = "xpert", record: Path | None = None) -> None:
         self.prefix = prefix
+        self.record = record
         self.seconds: dict[str, float] = {}
         self.cached: list[str] = []
 
@@ -28,7 +34,19 @@ class CachedStages:
         start = time.perf_counter()
         fn()
         self.seconds[name] = time.perf_counter() - start
+        if self.record is not None:
+            record_seconds(self.record, {name: self.seconds[name]})
         log.info("[%s] %s done in %.1f s", self.prefix, name, self.seconds[name])
+
+
+def record_seconds(path: Path, seconds: Mapping[str, float]) -> None:
+    """Add `seconds` (name -> s) to the totals kept in the JSON file `path`."""
+    from xpert_pl.artifacts import read_json, write_json  # loads torch: only once a stage has run
+
+    totals = read_json(path) if path.is_file() else {}
+    for name, value in seconds.items():
+        totals[name] = totals.get(name, 0.0) + value
+    write_json(path, totals)
 
 
 def validation_interval(steps: int, points: int = 6) -> int:

@@ -12,7 +12,7 @@ from xpert_pl.report import appendix, design, sections
 from xpert_pl.report.comparison import RunComparison
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
 from xpert_pl.report.runs import RunsDir, load_runs
-from xpert_pl.report.source import source_section
+from xpert_pl.report.source import source_beside_students, source_section
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
     blocks += sections.convergence_section(analysis)
     blocks += sections.effective_tokens_section(analysis)
     blocks += sections.compute_section(analysis)
+    blocks += sections.wall_time_section(analysis)
     blocks += sections.curves_section(analysis, figures)
+    blocks += source_beside_students(analysis, figures)
     blocks += design.crossings_section(analysis)
     blocks += appendix.activation_section(runs, figures, layer_heatmaps)
     blocks.append(Heading(2, "Appendix"))

@@ -64,6 +64,26 @@ def plot_loss_bands(curves: Mapping[str, Sequence[Curve]], path: Path, title: st
     return _save(plt, fig, path)
 
 
+def plot_source_beside_students(source: Curve, students: Mapping[str, Sequence[Curve]], path: Path, title: str) -> Path:
+    """Validation loss against tokens seen (log scale): the source MoE's run beside the students' (mean over
+    seeds, min-max band), so the reader sees how far the students are from the model they borrow from."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    ax.plot(*source, label="source MoE", color="#555", linestyle=(0, (1, 1)), linewidth=2.0)
+    styles = method_styles(list(students))
+    for method, runs in students.items():
+        tokens, mean, low, high = seed_band(runs)
+        if tokens.size:
+            colour, dash, width = styles[method]
+            ax.plot(tokens, mean, label=f"{method} (n={len(runs)})", color=colour, linestyle=dash, linewidth=width)
+            ax.fill_between(tokens, low, high, color=colour, alpha=0.18, linewidth=0)
+    ax.set_xscale("log")
+    ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
 def plot_final_bars(values: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
     """A bar per method at the mean final validation loss, one dot per seed."""
     plt = _pyplot()

@@ -45,6 +45,8 @@ class CellRun:
     tokens_budget: int | None = None
     wall_s: float | None = None
     stage_wall_s: dict[str, float] = field(default_factory=dict)
+    reused_from: str | None = None
+    """The learning-rate sweep's run this cell's pre-training was copied from (the same configuration), if any."""
     curves: dict[str, Curve] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     tokens: float | None = None
@@ -54,6 +56,9 @@ class CellRun:
     problem: str | None = None
     stderr: dict[str, float] = field(default_factory=dict)
     """lm-eval's standard error of each `lm_eval/<task>/<metric>` in `final` (the kit's summaries carry them)."""
+    answers: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """`lm_eval/<task>` -> the shares of each answer option among gold answers (`labels`) and the model's picks
+    (`acc`, `acc_norm`), where the kit's summary has them (`xpert_pl.evaluation.answers`)."""
 
     @property
     def usable(self) -> bool:
@@ -176,6 +181,7 @@ def read_cell(path: Path) -> CellRun:
         tokens_budget=record.get("tokens_budget"),
         wall_s=record.get("wall_s"),
         stage_wall_s=dict(record.get("stage_wall_s") or {}),
+        reused_from=record.get("reused_from"),
     )
     if cell.status == "done":
         _read_results(cell)
@@ -203,6 +209,7 @@ def _read_results(cell: CellRun) -> None:
         **read_lm_eval(cell.path, "lm_eval", "stderr"),
         **read_lm_eval(cell.path / "sft", "sft/lm_eval", "stderr"),
     }
+    cell.answers = {**read_answers(cell.path, "lm_eval"), **read_answers(cell.path / "sft", "sft/lm_eval")}
 
 
 def _read_compute(cell: CellRun, rows: list[dict[str, float]]) -> None:
@@ -257,11 +264,7 @@ def read_lm_eval(directory: Path, prefix: str, part: str = "metrics") -> dict[st
     (`{"results": {task: {"acc,none": ...}}}`; stderrs dropped). `part="stderr"`: the kit summary's standard
     errors instead, under the same names.
     """
-    found = [*directory.glob("lm_eval*.json"), *directory.glob("lm_eval/lm_eval*.json")]
-    files = sorted(found, key=lambda p: (_step_of(p) or 0, p.name))
-    if not files:
-        return {}
-    data = read_json_or_none(files[-1]) or {}
+    data = _latest_lm_eval(directory)
     if isinstance(data.get("tasks"), dict):
         per_task = {t: (e or {}).get(part) or {} for t, e in data["tasks"].items()}
     elif part != "metrics":
@@ -274,6 +277,21 @@ def read_lm_eval(directory: Path, prefix: str, part: str = "metrics") -> dict[st
         for metric, value in metrics.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
+
+
+def read_answers(directory: Path, prefix: str) -> dict[str, dict[str, list[float]]]:
+    """`<prefix>/<task>` -> its answer shares, from the latest kit summary in `directory` (as `read_lm_eval`)."""
+    tasks = _latest_lm_eval(directory).get("tasks")
+    if not isinstance(tasks, dict):
+        return {}
+    return {f"{prefix}/{t}": e["answers"] for t, e in tasks.items() if isinstance((e or {}).get("answers"), dict)}
+
+
+def _latest_lm_eval(directory: Path) -> dict[str, Any]:
+    """The latest `lm_eval*.json` in `directory` or its `lm_eval/` folder (by step), {} when none."""
+    found = [*directory.glob("lm_eval*.json"), *directory.glob("lm_eval/lm_eval*.json")]
+    files = sorted(found, key=lambda p: (_step_of(p) or 0, p.name))
+    return (read_json_or_none(files[-1]) or {}) if files else {}
 
 
 def _lm_eval_metrics(entry: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from xpert_pl.experiments.matrix import BASELINE
 from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import plot_final_bars, plot_loss_bands
 from xpert_pl.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
-from xpert_pl.report.runs import XPERT, CellRun, RunsDir
+from xpert_pl.report.runs import XPERT, CellRun, RunsDir, read_json_or_none
 from xpert_pl.report.stats import Paired, Spread, spread
 
 # Controls of "Knowledge or statistics?" and what a lower XPERT loss against each one shows.
@@ -237,7 +237,8 @@ def eval_section(analysis: RunComparison, scale: str, budget: str, prefix: str, 
     if "lm_eval/" in prefix:
         for row, key in zip(rows, keys, strict=True):
             row.append(no_signal(analysis, scale, budget, methods, key, prefix))
-        header, numeric = [*header, "no signal at this scale (within 2 SE of chance)"], (*numeric, False)
+        flag = "no signal at this scale (within 2 SE of chance or of a constant answer)"
+        header, numeric = [*header, flag], (*numeric, False)
     return [Heading(3, title), Table(header, rows, numeric)]
 
 
@@ -253,7 +254,8 @@ def chance_level(task_metric: str) -> float | None:
 
 
 def no_signal(analysis: RunComparison, scale: str, budget: str, methods: list[str], key: str, prefix: str) -> str:
-    """The methods whose mean score is within 2 mean standard errors (lm-eval's, over seeds) of chance."""
+    """The methods whose mean score is within 2 mean standard errors (lm-eval's, over seeds) of chance or of a
+    constant answer (always picking option k scores the share of gold answers that are k), each with the reason."""
     chance = chance_level(key.removeprefix(prefix))
     if chance is None:
         return ""
@@ -263,9 +265,28 @@ def no_signal(analysis: RunComparison, scale: str, budget: str, methods: list[st
         if runs:
             score = sum(c.final[key] for c in runs) / len(runs)
             stderr = sum(c.stderr[key] for c in runs) / len(runs)
-            if abs(score - chance) <= 2 * stderr:
-                flagged.append(method)
-    return ", ".join(flagged) if flagged else "-"
+            reason = no_signal_reason(score, stderr, chance, runs, key)
+            if reason:
+                flagged.append(f"{method} ({reason})")
+    return "; ".join(flagged) if flagged else "-"
+
+
+def no_signal_reason(score: float, stderr: float, chance: float, runs: list[CellRun], key: str) -> str | None:
+    """Why a mean `score` of `<...>/<task>/<metric>` carries no signal ("chance", or the constant answer it
+    matches with the share of the model's most frequent pick), None when it does."""
+    if abs(score - chance) <= 2 * stderr:
+        return "chance"
+    task, metric = key.rsplit("/", 1)
+    answers = [c.answers[task] for c in runs if task in c.answers and metric in c.answers[task]]
+    if not answers:
+        return None
+    labels = [sum(a["labels"][k] for a in answers) / len(answers) for k in range(len(answers[0]["labels"]))]
+    picks = [sum(a[metric][k] for a in answers) / len(answers) for k in range(len(labels))]
+    top = max(range(len(picks)), key=picks.__getitem__)
+    for option, share in enumerate(labels):
+        if abs(score - share) <= 2 * stderr:
+            return f"constant answer: always {option} scores {share:.3f}; picks {top} in {picks[top]:.0%}"
+    return None
 
 
 # ---- knowledge or statistics -------------------------------------------------------------------------------------
@@ -397,8 +418,26 @@ def compute_section(analysis: RunComparison) -> list[Block]:
     return [Heading(2, "Compute"), Paragraph(note), Table(header, rows, (False,) * 3 + (True,) * 6)]
 
 
+def wall_time_section(analysis: RunComparison) -> list[Block]:
+    """The bench's wall time: every shared stage and learning-rate sweep run as recorded, and the cells' sum."""
+    stages = read_json_or_none(analysis.runs.layout.wall_times) or {}
+    cells = [c.wall_s for c in analysis.runs.cells if c.wall_s is not None]
+    if not stages and not cells:
+        return []
+    rows = [[name, fmt(seconds / 60, 1)] for name, seconds in stages.items()]
+    rows.append([f"{len(cells)} cells (pre-training, and SFT with evaluation where run)", fmt(sum(cells) / 60, 1)])
+    rows.append(["total", fmt((sum(stages.values()) + sum(cells)) / 60, 1)])
+    note = (
+        "Minutes each part of the bench took on this machine, summed over reruns (a stage killed and resumed adds "
+        "up its parts; a shared stage killed before it finished is not recorded). Cells copied from the "
+        "learning-rate sweep's identical run count 0."
+    )
+    return [Heading(2, "Wall time"), Paragraph(note), Table(["part", "minutes"], rows, (False, True))]
+
+
 def _compute_cells(cells: list[CellRun]) -> list[str]:
-    tokens, wall = _mean([c.tokens for c in cells]), _mean([c.wall_s for c in cells])
+    trained = [c for c in cells if c.reused_from is None]  # a copied run took no time of its own
+    tokens, wall = _mean([c.tokens for c in cells]), _mean([c.wall_s for c in trained])
     student, teacher = _mean([c.student_flops for c in cells]), _mean([c.teacher_flops for c in cells])
     total = None if student is None else student + (teacher or 0.0)
     mark = "*" if any(c.extrapolated for c in cells) else ""

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xpert_pl.experiments.matrix import BASELINE
 from xpert_pl.layout import HF_DIR, METRICS_FILE, RunLayout, hf_config
 from xpert_pl.pipeline.training import last_validation, run_config, tokens_per_step
-from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
-from xpert_pl.report.runs import read_json_or_none
+from xpert_pl.report.comparison import VAL_LOSS, RunComparison
+from xpert_pl.report.plots import plot_source_beside_students
+from xpert_pl.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
+from xpert_pl.report.runs import XPERT, curve, read_json_or_none, read_metrics_csv
 
 SOURCE_FIELDS = (
     "model_type",
@@ -50,6 +53,24 @@ def source_section(layout: RunLayout) -> list[Block]:
         ]
     elif layout.source_hf != layout.source_run / HF_DIR:
         blocks.append(Paragraph(f"The source was given (`{layout.source_hf}`): its training run is not here."))
+    return blocks
+
+
+def source_beside_students(analysis: RunComparison, figures: Path) -> list[Block]:
+    """The source's validation curve beside scratch's and XPERT's at each scale's largest budget, against tokens."""
+    layout = analysis.runs.layout
+    per_step = tokens_per_step(run_config(layout.source_run)) if (layout.source_run / HF_DIR).is_dir() else None
+    steps, losses = curve(read_metrics_csv(layout.source_run / METRICS_FILE), VAL_LOSS) if per_step else ([], [])
+    blocks: list[Block] = []
+    for scale, budget in analysis.headline_groups() if steps else []:
+        students = {}
+        for method in (BASELINE, XPERT):
+            runs = [c for c in analysis.runs.select(scale, budget, method) if c.steps and c.budget_tokens]
+            students[method] = [([s * c.budget_tokens / c.steps for s in c.val_curve[0]], c.val_curve[1]) for c in runs]
+        source = ([s * per_step for s in steps], losses)
+        path = plot_source_beside_students(source, students, figures / f"source_{scale}.png", f"source and {scale}")
+        caption = f"Validation loss against tokens seen: the source MoE's run beside the {scale} students (budget "
+        blocks.append(Figure(path, caption + f"{budget}), mean over seeds, band = min to max."))
     return blocks
 
 
