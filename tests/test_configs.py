@@ -58,7 +58,7 @@ def test_fit_configs_build(base, tiny_data_root, tiny_tokenizer_dir, tmp_path):
 def test_gpu_presets_build(overlay, tiny_data_root, tiny_tokenizer_dir, tmp_path):
     """The GPU presets parse and build, CPU standing in for the GPU; strategy and precision are kept (the FSDP2
     preset is run sharded by tests/training/test_sharded.py)."""
-    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
     from xpert_pl.training import FSDP2Strategy
 
@@ -71,7 +71,10 @@ def test_gpu_presets_build(overlay, tiny_data_root, tiny_tokenizer_dir, tmp_path
     args += [a for a in _tiny_data_args(tiny_data_root, tiny_tokenizer_dir, tmp_path) if not a.startswith(keep)]
     cli = run_lightning_cli(args, run=False)
     sharded = overlay.name.startswith("fsdp")
-    assert isinstance(cli.trainer.strategy, FSDP2Strategy if sharded else DDPStrategy)
+    single = overlay.name.startswith("single")  # one device: Lightning's default single-device strategy
+    assert isinstance(
+        cli.trainer.strategy, SingleDeviceStrategy if single else FSDP2Strategy if sharded else DDPStrategy
+    )
     if sharded:
         assert cli.trainer.strategy.activation_checkpointing and not cli.trainer.strategy._save_distributed_checkpoint
     assert cli.trainer.precision == "bf16-mixed"

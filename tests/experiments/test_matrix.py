@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_shipped_matrices_build(name):
     assert "scratch" in matrix.methods
     if name != "demo.yaml":  # the demo is one seed; the benchmarks compare over seeds (and budgets, but for the
         assert len(matrix.seeds) >= 2  # reference headline, whose budget sweep is in the extended matrix)
-        assert len(matrix.budgets) >= 2 or name == "reference.yaml"
+        assert len(matrix.budgets) >= 2 or name in ("reference.yaml", "reference-gpu.yaml")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "bench").glob("*.yaml")))
@@ -52,6 +53,49 @@ def test_the_reference_matrices_are_the_issues_design():
     extended = load_matrix(REPO / "configs" / "bench" / "reference-extended.yaml", root=REPO)
     assert {"xpert_target_init", "norm_matched_scratch", "domain_code", "domain_law"} <= set(extended.methods)
     assert len(extended.budgets) == 3 and len(extended.scales) == 2
+
+
+def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_training_stage(tiny_data_root):
+    from xpert_pl.experiments.runner import MatrixRunner
+
+    cpu, gpu = (
+        load_matrix(REPO / "configs" / "bench" / n, root=REPO) for n in ("reference.yaml", "reference-gpu.yaml")
+    )
+    assert gpu.out_dir.name == "bench-reference-gpu" != cpu.out_dir.name
+    assert gpu.cells() == cpu.cells() and gpu.lr_sweep == cpu.lr_sweep and gpu.sft == cpu.sft
+    assert [p.name for p in gpu.training_overlay] == ["single-bf16.yaml"] and cpu.training_overlay == ()
+    runners = []
+    for matrix in (cpu, gpu):
+        matrix.data["data_root"] = str(tiny_data_root)
+        runners.append(MatrixRunner(matrix))
+    cell = cpu.cells()[1]
+    calls = [r.pretrain_call(cell) for r in runners] + [r.sft_call(cell) for r in runners]
+    for cpu_call, gpu_call in (calls[:2], calls[2:]):
+        assert gpu_call.config["trainer"] | {"accelerator": "cpu", "precision": "32-true"} == cpu_call.config["trainer"]
+        assert gpu_call.config["trainer"]["precision"] == "bf16-mixed" and gpu_call.config["trainer"]["devices"] == 1
+        # Everything else is the same, up to the runs folder the artifacts (bank, tokenizer, cache) live in.
+        rest = [json.dumps({k: v for k, v in c.config.items() if k != "trainer"}) for c in (cpu_call, gpu_call)]
+        assert rest[1].replace(str(gpu.out_dir), str(cpu.out_dir)) == rest[0]
+    source = [r.stage_config(r.matrix.source, {}) for r in runners]
+    assert source[1]["trainer"]["accelerator"] == "gpu" and source[0]["trainer"]["accelerator"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("extends", "fragment"),
+    [("configs/bench/nowhere.yaml", "is not a matrix file"), ("SELF", "extends itself")],
+)
+def test_bad_extends_is_refused(tmp_path, extends, fragment):
+    path = tmp_path / "m.yaml"
+    path.write_text(f"extends: {path if extends == 'SELF' else extends}\nout_dir: x\n")
+    with pytest.raises(ConfigError, match=fragment):
+        load_matrix(path, root=REPO)
+
+
+def test_a_missing_training_overlay_is_refused(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("extends: configs/bench/reference.yaml\ntraining_overlay: [configs/gpu/nowhere.yaml]\n")
+    with pytest.raises(ConfigError, match=r"training_overlay: config .*nowhere\.yaml' does not exist"):
+        load_matrix(path, root=REPO)
 
 
 def test_the_demo_is_one_seed_of_scratch_and_xpert():

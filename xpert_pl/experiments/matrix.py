@@ -16,6 +16,8 @@ A matrix is a YAML file (see `configs/bench/`):
     budgets: {short: 150, long: 300}                                # optimizer steps per pre-training run
     seeds: [0, 1, 2]                       # the seeds of every scale that names none
     methods: {scratch: configs/methods/scratch.yaml, xpert: configs/methods/xpert.yaml}
+    training_overlay: [configs/gpu/single-bf16.yaml]  # optional: laid over every training stage
+    extends: configs/bench/reference.yaml  # optional: that matrix, with this file's keys replacing its keys
     sweep_methods: [scratch, xpert]        # methods run at every budget; the others only at the largest
     sft: {config: [configs/sft/dolly.yaml, configs/sft/eval/bench.yaml], steps: 30,  # optional follow-up SFT
           methods: [scratch, xpert], scales: [2l]}                  # at the largest budget (default: all of them)
@@ -112,6 +114,8 @@ class ExperimentMatrix:
     sft: FollowUp | None = None
     source_hf: Path | None = None
     lr_sweep: LRSweep | None = None
+    training_overlay: tuple[Path, ...] = ()
+    """Config files laid over every training stage (source, sweep runs, cells, SFT) after the stage's own."""
 
     @property
     def largest_budget(self) -> str:
@@ -157,7 +161,17 @@ def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentM
     Raises:
         ConfigError: every problem found, together, each with how to fix it.
     """
-    path = shipped_or_local(Path.cwd(), path)
+    base = Path(root) if root is not None else Path.cwd()
+    raw = _read_matrix(shipped_or_local(Path.cwd(), path), base)
+    problems: list[str] = []
+    matrix = _build(raw, base, problems)
+    raise_if_problems(problems)
+    return matrix
+
+
+def _read_matrix(path: Path, base: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A matrix file's mapping; with `extends: <matrix>`, that matrix's mapping with this file's keys replacing its
+    top-level keys (e.g. the same matrix with a GPU `training_overlay` and its own `out_dir`)."""
     if not path.is_file():
         raise FileNotFoundError(f"experiment matrix '{path}' not found")
     try:
@@ -166,11 +180,14 @@ def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentM
         raise ConfigError([f"{path} is not valid YAML: {err}"]) from err
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a mapping of matrix keys (see configs/bench/), got {type(raw).__name__}"])
-    base = Path(root) if root is not None else Path.cwd()
-    problems: list[str] = []
-    matrix = _build(raw, base, problems)
-    raise_if_problems(problems)
-    return matrix
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_path = shipped_or_local(base, parent) if isinstance(parent, str) and parent else None
+    if parent_path is None or not parent_path.is_file() or parent_path.resolve() in seen:
+        problem = "is not a matrix file" if parent_path is None or not parent_path.is_file() else "extends itself"
+        raise ConfigError([f"{path}: extends: {parent!r} {problem}; give the path of another matrix YAML"])
+    return {**_read_matrix(parent_path, base, (*seen, path.resolve())), **raw}
 
 
 def _stage(spec: Any, base: Path, name: str, problems: list[str], needs_steps: bool = False) -> Stage:
@@ -244,7 +261,7 @@ def _distinct_ints(values: Any) -> bool:
 
 def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMatrix:
     known = {"out_dir", "data", "source", "analyze", "extract", "scales", "budgets", "seeds", "methods", "sft"}
-    known |= {"sweep_methods", "tokenizer", "lr_sweep"}
+    known |= {"sweep_methods", "tokenizer", "lr_sweep", "training_overlay"}
     problems += [f"unknown key '{k}'; known keys: {', '.join(sorted(known))}" for k in raw if k not in known]
     source_spec = raw.get("source", {})
     source_hf = source_spec.get("hf") if isinstance(source_spec, dict) else None
@@ -292,7 +309,20 @@ def _build(raw: dict[str, Any], base: Path, problems: list[str]) -> ExperimentMa
         sft=_follow_up(sft, base, methods, scales, problems) if sft else None,
         source_hf=Path(source_hf) if source_hf else None,
         lr_sweep=_lr_sweep(raw.get("lr_sweep"), methods, scales, problems),
+        training_overlay=_overlay(raw.get("training_overlay"), base, problems),
     )
+
+
+def _overlay(spec: Any, base: Path, problems: list[str]) -> tuple[Path, ...]:
+    """The `training_overlay` list: config files laid over every training stage (e.g. a GPU preset)."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, list) or not all(isinstance(f, str) and f for f in spec):
+        problems.append(f"training_overlay: a list of config files (e.g. [configs/gpu/single-bf16.yaml]), got {spec!r}")
+        return ()
+    paths = tuple(shipped_or_local(base, f) for f in spec)
+    problems += [f"training_overlay: config '{p}' does not exist" for p in paths if not p.is_file()]
+    return paths
 
 
 def _tokenizer(raw: dict[str, Any], data: dict[str, Any], problems: list[str]) -> dict[str, int]:

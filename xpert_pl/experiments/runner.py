@@ -199,7 +199,7 @@ class MatrixRunner:
     def stage_config(self, stage: Stage, settings: dict[str, Any], method: str | None = None) -> Config:
         """A training stage's configuration, later layers winning: its config files, its overrides, the method's
         YAML (artifacts bound), the shared data settings, then `settings` (dotted keys)."""
-        config = stage_base(stage)
+        config = self.with_overlay(stage_base(stage))
         if method is not None:
             config = merge(config, self.method_config(method))
         data = {f"data.init_args.{k}": v for k, v in self.data_settings().items()}
@@ -217,6 +217,11 @@ class MatrixRunner:
         settings = {"model": str(model), "selection": str(selection), "out_dir": str(bank)}
         extract_config = self.function_config(self.matrix.extract, settings)
         stages.run(f"{label}knowledge bank", bank_manifest(bank), lambda: call_with_config(extract, extract_config))
+
+    def with_overlay(self, config: Config) -> Config:
+        """`config` with the matrix's `training_overlay` files laid over it (a training stage's base)."""
+        overlay = self.matrix.training_overlay
+        return merge(config, load_config(list(overlay))) if overlay else config
 
     @staticmethod
     def function_config(stage: Stage, settings: dict[str, Any]) -> Config:
@@ -255,7 +260,7 @@ class MatrixRunner:
         settings = {f"data.init_args.{k}": v for k, v in shared.items()}
         settings |= {"model.init_checkpoint": str(run_dir / HF_DIR), "seed_everything": cell.seed}
         settings |= {"trainer.max_steps": stage.steps}
-        return FitCall(merge(stage_base(stage), nested(settings)), run_dir / "sft", overwrite=True)
+        return FitCall(merge(self.with_overlay(stage_base(stage)), nested(settings)), run_dir / "sft", overwrite=True)
 
     def run_cell(self, cell: Cell) -> str:
         """Run (or resume) one cell and its follow-up stages; returns its final status."""
