@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Lightning imported at collection: its log handler binds to pytest's capture, not to one test's capsys stream.
 import xpert_pl.training.lightning_cli  # noqa: F401
@@ -49,6 +50,24 @@ def test_fit_returns_the_run_it_wrote(xpert_student):
     assert math.isfinite(result.final_metrics["val/loss"]) and 0 < result.final_metrics["val/loss"] < 10
     init = json.loads((result.run_dir / "init_report.json").read_text())
     assert init["initializer"] == "xpert"
+
+
+def test_the_saved_config_runs_again_as_it_is(xpert_student, tmp_path):
+    """config.yaml records every option (no unserialisable default such as the checkpoint plugin instance), so the
+    exact configuration a report shows is one `xpert fit --config` accepts; checkpoints stay atomic."""
+    from xpert_pl.training.checkpointing import AtomicCheckpointIO
+    from xpert_pl.training.lightning_cli import run_lightning_cli
+
+    result = xpert_student[0]
+    saved = (result.run_dir / "config.yaml").read_text()
+    assert "Unable to serialize" not in saved
+    config = yaml.safe_load(saved)
+    assert config["trainer"]["plugins"] is None
+    again = pipeline.fit(config, tmp_path / "again")  # the saved file, as it is, trains the same run again
+    assert again.final_metrics["val/loss"] == pytest.approx(result.final_metrics["val/loss"], rel=1e-5)
+    trainer_only = {k: v for k, v in config.items() if k not in ("ckpt_path", "weights_only")}  # fit's own options
+    built = run_lightning_cli({"fit": trainer_only}, run=False)
+    assert isinstance(built.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def test_fit_keeps_the_run_folder_guard(xpert_student):

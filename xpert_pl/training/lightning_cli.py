@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from xpert_pl.errors import ConfigError, raise_if_problems
@@ -54,6 +55,20 @@ class XpertCLI(LightningCLI):
             raise ConfigError(
                 [f"--ckpt_path '{path}' is corrupt or truncated ({reason}); resume from an earlier checkpoint"]
             ) from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, its checkpoints written atomically (`AtomicCheckpointIO`) unless the config names another
+        CheckpointIO. Added here, not as a parser default: config.yaml cannot record an instance default, and a
+        saved config must run again as it is."""
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from xpert_pl.training.checkpointing import AtomicCheckpointIO
+
+        plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -179,7 +194,7 @@ def run_lightning_cli(args: list[str] | dict[str, Any], run: bool = True, parse_
         args = args[1:]
     # `xpert` passes its own argv on purpose; Lightning would warn that sys.argv holds the same arguments.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    from xpert_pl.training.checkpointing import AtomicCheckpointIO, InterruptCheckpoint
+    from xpert_pl.training.checkpointing import InterruptCheckpoint
 
     cli_class = _ParseOnlyCLI if parse_only else XpertCLI
     return cli_class(
@@ -188,7 +203,7 @@ def run_lightning_cli(args: list[str] | dict[str, Any], run: bool = True, parse_
         subclass_mode_data=True,
         args=args,
         run=run,
-        trainer_defaults={"callbacks": [InterruptCheckpoint()], "plugins": [AtomicCheckpointIO()]},
+        trainer_defaults={"callbacks": [InterruptCheckpoint()]},
         # The run folder is guarded in before_fit: config.yaml is rewritten only for a resumed or overwritten run.
         save_config_kwargs={"overwrite": True},
         # Errors reach `main` as exceptions, which it reports in one paragraph with the fix.
