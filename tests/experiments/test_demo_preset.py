@@ -64,7 +64,7 @@ def test_the_demo_writes_every_stage_and_the_standard_report(demo_run):
     assert source > 0 and unigram == round(json.loads(layout.unigram.read_text())["loss"]["all"], 4)
     assert "Selection: strategy `consistent`" in text and "## Loss curves" in text
     assert "| scratch |" in text and "| xpert |" in text and "val loss: code" in text
-    assert text.index("## Source MoE") < text.index("## Results")
+    assert text.index("## Source MoE") < text.index("## Expert activation") < text.index("## Results")
     figures = sorted(p.name for p in (layout.report / "figures").glob("source_*.png"))
     assert len(figures) == 1 and f"figures/{figures[0]}" in text  # the source's curve beside the students'
     wall = json.loads(layout.wall_times.read_text())

@@ -55,6 +55,8 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
     runs = analysis.runs
     blocks: list[Block] = [Heading(1, f"XPERT report: {runs.root.resolve().name}"), Paragraph(_overview(runs))]
     blocks += source_section(runs.layout)
+    # The source's routing (heatmaps, selection) right after it: every verdict below is read against both.
+    blocks += appendix.activation_section(runs, figures, layer_heatmaps)
     blocks += design.lr_sweep_section(runs.layout)
     blocks += sections.verdict_section(analysis)
     blocks += sections.runs_section(runs)
@@ -74,7 +76,6 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
     blocks += sections.curves_section(analysis, figures)
     blocks += source_beside_students(analysis, figures)
     blocks += design.crossings_section(analysis)
-    blocks += appendix.activation_section(runs, figures, layer_heatmaps)
     blocks.append(Heading(2, "Appendix"))
     blocks += appendix.statistics_notes()
     blocks += appendix.bank_section(runs)
