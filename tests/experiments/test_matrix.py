@@ -80,6 +80,28 @@ def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_traini
     assert source[1]["trainer"]["accelerator"] == "gpu" and source[0]["trainer"]["accelerator"] == "cpu"
 
 
+def test_a_run_of_an_extending_matrix_records_the_resolved_matrix(tmp_path):
+    from xpert_pl.experiments.runner import MatrixRunner
+
+    gpu_file = REPO / "configs" / "bench" / "reference-gpu.yaml"
+    matrix = load_matrix(gpu_file, root=REPO)
+    matrix.out_dir = tmp_path / "bench"
+    matrix.out_dir.mkdir()
+    MatrixRunner(matrix).write_matrix_record(gpu_file)
+    assert (matrix.out_dir / "matrix.extends.yaml").read_text() == gpu_file.read_text()
+    recorded = yaml.safe_load((matrix.out_dir / "matrix.yaml").read_text())
+    assert "extends" not in recorded and recorded["training_overlay"] == ["configs/gpu/single-bf16.yaml"]
+    assert recorded["out_dir"] == "runs/bench-reference-gpu" and len(recorded["methods"]) == 8
+    assert len(_expected_cells(recorded)) == len(matrix.cells())  # what the report lists as expected
+    plain = REPO / "configs" / "bench" / "reference.yaml"
+    matrix = load_matrix(plain, root=REPO)
+    matrix.out_dir = tmp_path / "plain"
+    matrix.out_dir.mkdir()
+    MatrixRunner(matrix).write_matrix_record(plain)
+    assert (matrix.out_dir / "matrix.yaml").read_text() == plain.read_text()  # verbatim, comments included
+    assert not (matrix.out_dir / "matrix.extends.yaml").exists()
+
+
 @pytest.mark.parametrize(
     ("extends", "fragment"),
     [("configs/bench/nowhere.yaml", "is not a matrix file"), ("SELF", "extends itself")],

@@ -163,7 +163,12 @@ def test_lm_eval_scores_within_two_standard_errors_of_chance_are_flagged(tmp_pat
     # 0.60 is 5 SE above chance but 1 SE below always answering "yes" (62% of the gold answers), which the model
     # picks 99% of the time: a constant answer, not a skill; without the answer shares it stays unflagged.
     runs["xpert"][0].answers = {"sft/lm_eval/boolq": answers}
-    reason = "xpert (constant answer: always 1 scores 0.620; picks 1 in 99%)"
+    reason = "xpert (constant answer: picks option 1 in 99%; always 1 scores 0.620)"
+    assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == reason
+    # Balanced picks at the majority share: no signal either, but not called a constant answer.
+    balanced = {**answers, "acc": [0.48, 0.52]}
+    runs["xpert"][0].answers = {"sft/lm_eval/boolq": balanced}
+    reason = "xpert (no better than always answering option 1 (0.620); picks 1 in 52%)"
     assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == reason
     runs["xpert"][0].final[key] = 0.70  # 4 SE above the constant answer: a signal
     assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == "-"

@@ -5,13 +5,14 @@ compensating a mis-set rate, and XPERT's own best rate is reported beside it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.artifacts import write_json
+from xpert_pl.artifacts import read_json, write_json
 from xpert_pl.experiments.matrix import Cell, LRSweep
 from xpert_pl.experiments.stages import record_seconds
 from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config
@@ -21,6 +22,7 @@ from xpert_pl.pipeline.config import merge
 # type import the other way would make the two modules a cycle.
 MatrixRunner = Any
 FitCall = Any
+FIT_CALL_FILE = "fit_call.json"  # a sweep run's configuration, as the runner built it
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
             if not hf_config(call.run_dir / HF_DIR).is_file():
                 start = time.perf_counter()
                 status = runner.launch(call, call.run_dir / "pretrain.log")
+                if status == 0:
+                    write_json(call.run_dir / FIT_CALL_FILE, call.config)  # what finished_twin compares a cell with
                 seconds = {f"lr sweep: {method} at {rate:g}": time.perf_counter() - start}
                 record_seconds(runner.layout.wall_times, seconds)
                 log.info("[bench] lr sweep %s at %g: exit status %d", method, rate, status)
@@ -63,15 +67,18 @@ def sweep_call(runner: MatrixRunner, sweep: LRSweep, method: str, rate: float) -
 
 
 def finished_twin(runner: MatrixRunner, call: FitCall) -> Path | None:
-    """The finished sweep run whose configuration is the same as `call`'s (a headline cell of a swept method, at the
-    sweep's seed and the chosen rate), so the cell reuses it rather than training the same run twice."""
+    """The finished sweep run that was trained with `call`'s configuration (a headline cell of a swept method, at the
+    sweep's seed and the chosen rate), so the cell reuses it rather than training the same run twice. The run's
+    recorded configuration is compared, not today's YAMLs: a run from before an edit is never taken."""
     sweep = runner.matrix.lr_sweep
     if sweep is None or runner.learning_rate is None:
         return None
+    wanted = json.loads(json.dumps(call.config, default=str))
     for method in sweep.methods:
-        twin = sweep_call(runner, sweep, method, runner.learning_rate)
-        if twin.config == call.config and hf_config(twin.run_dir / HF_DIR).is_file():
-            return twin.run_dir
+        run_dir = runner.layout.lr_sweep_run(method, runner.learning_rate)
+        recorded = run_dir / FIT_CALL_FILE
+        if hf_config(run_dir / HF_DIR).is_file() and recorded.is_file() and read_json(recorded) == wanted:
+            return run_dir
     return None
 
 

@@ -116,6 +116,10 @@ class ExperimentMatrix:
     lr_sweep: LRSweep | None = None
     training_overlay: tuple[Path, ...] = ()
     """Config files laid over every training stage (source, sweep runs, cells, SFT) after the stage's own."""
+    spec: dict[str, Any] = field(default_factory=dict)
+    """The matrix's mapping as parsed (for a matrix that `extends` another: resolved)."""
+    extended: bool = False
+    """Whether the file `extends` another matrix."""
 
     @property
     def largest_budget(self) -> str:
@@ -162,24 +166,19 @@ def load_matrix(path: str | Path, root: str | Path | None = None) -> ExperimentM
         ConfigError: every problem found, together, each with how to fix it.
     """
     base = Path(root) if root is not None else Path.cwd()
-    raw = _read_matrix(shipped_or_local(Path.cwd(), path), base)
+    path = shipped_or_local(Path.cwd(), path)
+    raw = _read_matrix(path, base)
     problems: list[str] = []
     matrix = _build(raw, base, problems)
     raise_if_problems(problems)
+    matrix.spec, matrix.extended = raw, "extends" in _read_mapping(path)
     return matrix
 
 
 def _read_matrix(path: Path, base: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A matrix file's mapping; with `extends: <matrix>`, that matrix's mapping with this file's keys replacing its
     top-level keys (e.g. the same matrix with a GPU `training_overlay` and its own `out_dir`)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment matrix '{path}' not found")
-    try:
-        raw = load_yaml(path.read_text()) or {}
-    except (yaml.YAMLError, DuplicateKeyError) as err:
-        raise ConfigError([f"{path} is not valid YAML: {err}"]) from err
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: expected a mapping of matrix keys (see configs/bench/), got {type(raw).__name__}"])
+    raw = _read_mapping(path)
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
@@ -188,6 +187,19 @@ def _read_matrix(path: Path, base: Path, seen: tuple[Path, ...] = ()) -> dict[st
         problem = "is not a matrix file" if parent_path is None or not parent_path.is_file() else "extends itself"
         raise ConfigError([f"{path}: extends: {parent!r} {problem}; give the path of another matrix YAML"])
     return {**_read_matrix(parent_path, base, (*seen, path.resolve())), **raw}
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """A matrix file's own mapping (checked to be valid YAML and a mapping)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment matrix '{path}' not found")
+    try:
+        raw = load_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, DuplicateKeyError) as err:
+        raise ConfigError([f"{path} is not valid YAML: {err}"]) from err
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping of matrix keys (see configs/bench/), got {type(raw).__name__}"])
+    return raw
 
 
 def _stage(spec: Any, base: Path, name: str, problems: list[str], needs_steps: bool = False) -> Stage:

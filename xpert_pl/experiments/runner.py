@@ -268,7 +268,8 @@ class MatrixRunner:
         record = read_json(run_dir / CELL_FILE) if (run_dir / CELL_FILE).is_file() else {}
         if record.get("status") == "done":
             return "skipped"
-        record = {**_describe(cell), "status": "running", "stage_wall_s": record.get("stage_wall_s", {})}
+        kept = {k: record[k] for k in ("stage_wall_s", "reused_from") if k in record}  # from an earlier attempt
+        record = {**_describe(cell), "status": "running", "stage_wall_s": {}, **kept}
         pretrain = self.pretrain_call(cell)
         record["learning_rate"] = pretrain.config.get("model", {}).get("learning_rate")
         write_json(run_dir / CELL_FILE, record)
@@ -304,6 +305,19 @@ class MatrixRunner:
         log.info("[bench] %s: the same run as the sweep's %s, copied", run_dir, twin)
         return True
 
+    def write_matrix_record(self, matrix_file: Path) -> None:
+        """The matrix as run, for the report: the file itself, or for a matrix that `extends` another, the resolved
+        mapping (the file as written is kept beside it as `matrix.extends.yaml`)."""
+        record = self.matrix.out_dir / "matrix.yaml"
+        if not self.matrix.extended:
+            shutil.copyfile(matrix_file, record)
+            return
+        import yaml
+
+        shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.extends.yaml")
+        header = f"# {matrix_file} resolved: the matrix it extends, with its own keys laid over\n"
+        record.write_text(header + yaml.safe_dump(self.matrix.spec, sort_keys=False))
+
     def config_problems(self) -> list[str]:
         """Every cell's fit configuration parsed and checked (nothing built or run), one problem per cell kind
         (scale x method, and its fine-tuning), so a typo surfaces before the shared stages start."""
@@ -330,7 +344,7 @@ class MatrixRunner:
         self.matrix.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.matrix.out_dir / ARTIFACT_FILE, {"kind": "bench", "version": 1})
         if matrix_file is not None:
-            shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.yaml")
+            self.write_matrix_record(matrix_file)
         self.run_shared()
         if self.matrix.lr_sweep is not None:
             from xpert_pl.experiments.lr_sweep import run_lr_sweep

@@ -271,6 +271,10 @@ def no_signal(analysis: RunComparison, scale: str, budget: str, methods: list[st
     return "; ".join(flagged) if flagged else "-"
 
 
+# A model that picks one option for at least this share of the documents is said to give a constant answer.
+CONSTANT_PICK_SHARE = 0.9
+
+
 def no_signal_reason(score: float, stderr: float, chance: float, runs: list[CellRun], key: str) -> str | None:
     """Why a mean `score` of `<...>/<task>/<metric>` carries no signal ("chance", or the constant answer it
     matches with the share of the model's most frequent pick), None when it does."""
@@ -285,7 +289,9 @@ def no_signal_reason(score: float, stderr: float, chance: float, runs: list[Cell
     top = max(range(len(picks)), key=picks.__getitem__)
     for option, share in enumerate(labels):
         if abs(score - share) <= 2 * stderr:
-            return f"constant answer: always {option} scores {share:.3f}; picks {top} in {picks[top]:.0%}"
+            if option == top and picks[top] >= CONSTANT_PICK_SHARE:
+                return f"constant answer: picks option {top} in {picks[top]:.0%}; always {top} scores {share:.3f}"
+            return f"no better than always answering option {option} ({share:.3f}); picks {top} in {picks[top]:.0%}"
     return None
 
 
@@ -426,7 +432,9 @@ def wall_time_section(analysis: RunComparison) -> list[Block]:
         return []
     rows = [[name, fmt(seconds / 60, 1)] for name, seconds in stages.items()]
     rows.append([f"{len(cells)} cells (pre-training, and SFT with evaluation where run)", fmt(sum(cells) / 60, 1)])
-    rows.append(["total", fmt((sum(stages.values()) + sum(cells)) / 60, 1)])
+    rows.append(
+        ["total (sum of the parts; with --jobs N > 1 cells overlap)", fmt((sum(stages.values()) + sum(cells)) / 60, 1)]
+    )
     note = (
         "Minutes each part of the bench took on this machine, summed over reruns (a stage killed and resumed adds "
         "up its parts; a shared stage killed before it finished is not recorded). Cells copied from the "

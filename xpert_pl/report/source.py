@@ -12,6 +12,7 @@ from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import plot_source_beside_students
 from xpert_pl.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
 from xpert_pl.report.runs import XPERT, curve, read_json_or_none, read_metrics_csv
+from xpert_pl.report.sections import slug
 
 SOURCE_FIELDS = (
     "model_type",
@@ -65,10 +66,11 @@ def source_beside_students(analysis: RunComparison, figures: Path) -> list[Block
     for scale, budget in analysis.headline_groups() if steps else []:
         students = {}
         for method in (BASELINE, XPERT):
-            runs = [c for c in analysis.runs.select(scale, budget, method) if c.steps and c.budget_tokens]
-            students[method] = [([s * c.budget_tokens / c.steps for s in c.val_curve[0]], c.val_curve[1]) for c in runs]
+            runs = [c for c in analysis.runs.select(scale, budget, method) if c.steps and c.tokens_budget]
+            students[method] = [([s * c.tokens_budget / c.steps for s in c.val_curve[0]], c.val_curve[1]) for c in runs]
         source = ([s * per_step for s in steps], losses)
-        path = plot_source_beside_students(source, students, figures / f"source_{scale}.png", f"source and {scale}")
+        path = figures / f"source_{slug(scale)}.png"
+        path = plot_source_beside_students(source, students, path, f"source and {scale}")
         caption = f"Validation loss against tokens seen: the source MoE's run beside the {scale} students (budget "
         blocks.append(Figure(path, caption + f"{budget}), mean over seeds, band = min to max."))
     return blocks

@@ -58,15 +58,17 @@ class XpertCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, its checkpoints written atomically (`AtomicCheckpointIO`) unless the config names another
-        CheckpointIO. Added here, not as a parser default: config.yaml cannot record an instance default, and a
-        saved config must run again as it is."""
+        CheckpointIO (as a plugin or in its strategy). Added here, not as a parser default: config.yaml cannot
+        record an instance default, and a saved config must run again as it is."""
         from lightning.pytorch.plugins.io import CheckpointIO
 
         from xpert_pl.training.checkpointing import AtomicCheckpointIO
 
-        plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
+        trainer = self._get(self.config_init, "trainer", default={})
+        plugins = kwargs.get("plugins", trainer.get("plugins"))
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        strategy_io = getattr(trainer.get("strategy"), "_checkpoint_io", None)  # Lightning refuses a second one
+        if strategy_io is None and not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
 
