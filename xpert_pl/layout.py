@@ -160,3 +160,8 @@ def bank_manifest(bank: Path) -> Path:
 
 def hf_config(hf_dir: Path) -> Path:
     return hf_dir / HF_CONFIG_FILE
+
+
+def sweep_wall_key(method: str, rate: float) -> str:
+    """A sweep run's entry in `shared/wall_s.json`; the report charges it to the cell copied from that run."""
+    return f"lr sweep: {method} at {rate:g}"

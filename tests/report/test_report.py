@@ -175,6 +175,24 @@ def test_compute_table_counts_the_teachers_flops(report):
     assert row[3:] == ["2", "2.000e+03", "155.0", f"{student:.3e}", f"{teacher:.3e}", f"{student + teacher:.3e}"]
 
 
+def test_a_cell_copied_from_the_sweep_is_charged_its_sweep_runs_time(runs_dir, tmp_path):
+    # Scratch's seed-0 long cell was copied from the sweep's run at 1e-3: its own record holds only its SFT
+    # (20 s); the 300 s its pre-training took are the sweep run's, recorded in shared/wall_s.json.
+    cell = runs_dir / "cells" / "2l" / "long" / "scratch" / "seed0" / "cell.json"
+    record = json.loads(cell.read_text())
+    record |= {"reused_from": "shared/lr_sweep/scratch/lr0.001", "learning_rate": 1e-3, "wall_s": 20.0}
+    cell.write_text(json.dumps(record | {"stage_wall_s": {"pretrain": 0.0, "sft": 20.0}}))
+    (runs_dir / "shared" / "wall_s.json").write_text(json.dumps({"lr sweep: scratch at 0.001": 300.0}))
+    markdown = write_report(str(runs_dir), str(tmp_path / "out")).read_text()
+    assert table_row(markdown, "## Compute", "2l | long | scratch")[5] == f"{(320 + 160 + 170) / 3:.1f}"
+    # The bench's total counts those 300 s once, as the sweep's part.
+    cells = sum(json.loads(path.read_text())["wall_s"] for path in runs_dir.glob("cells/*/*/*/*/cell.json"))
+    wall = markdown[markdown.index("## Wall time") :]
+    assert table_row(wall, "| part |", "lr sweep: scratch at 0.001")[1] == "5.0"
+    total = table_row(wall, "| part |", "total (sum of the parts; with --jobs N > 1 cells overlap)")
+    assert total[1] == f"{(300 + cells) / 60:.1f}"
+
+
 def test_html_is_self_contained_with_embedded_figures(report):
     markdown, page, _, out = report
     assert 'src="http' not in page and "href=" not in page and "<script" not in page

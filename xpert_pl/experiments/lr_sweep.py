@@ -15,7 +15,7 @@ from typing import Any
 from xpert_pl.artifacts import read_json, write_json
 from xpert_pl.experiments.matrix import Cell, LRSweep
 from xpert_pl.experiments.stages import record_seconds
-from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config
+from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config, sweep_wall_key
 from xpert_pl.pipeline.config import merge
 
 # The runner and its FitCall are passed in (typed `Any`): it imports this module when a matrix has a sweep, and a
@@ -48,7 +48,7 @@ def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
                 status = runner.launch(call, call.run_dir / "pretrain.log")
                 if status == 0:
                     write_json(call.run_dir / FIT_CALL_FILE, call.config)  # what finished_twin compares a cell with
-                seconds = {f"lr sweep: {method} at {rate:g}": time.perf_counter() - start}
+                seconds = {sweep_wall_key(method, rate): time.perf_counter() - start}
                 record_seconds(runner.layout.wall_times, seconds)
                 log.info("[bench] lr sweep %s at %g: exit status %d", method, rate, status)
             losses[method][f"{rate:g}"] = last_validation(call.run_dir / METRICS_FILE).get("val/loss")

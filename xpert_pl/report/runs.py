@@ -47,6 +47,7 @@ class CellRun:
     stage_wall_s: dict[str, float] = field(default_factory=dict)
     reused_from: str | None = None
     """The learning-rate sweep's run this cell's pre-training was copied from (the same configuration), if any."""
+    learning_rate: float | None = None
     curves: dict[str, Curve] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     tokens: float | None = None
@@ -182,6 +183,7 @@ def read_cell(path: Path) -> CellRun:
         wall_s=record.get("wall_s"),
         stage_wall_s=dict(record.get("stage_wall_s") or {}),
         reused_from=record.get("reused_from"),
+        learning_rate=record.get("learning_rate"),
     )
     if cell.status == "done":
         _read_results(cell)

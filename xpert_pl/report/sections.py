@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from xpert_pl.experiments.matrix import BASELINE
+from xpert_pl.layout import sweep_wall_key
 from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import plot_final_bars, plot_loss_bands
 from xpert_pl.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
@@ -407,8 +408,9 @@ def effective_tokens_section(analysis: RunComparison) -> list[Block]:
 
 def compute_section(analysis: RunComparison) -> list[Block]:
     """Tokens, wall time and FLOPs (student, teacher for distillation, total), means over seeds."""
+    sweep_seconds = read_json_or_none(analysis.runs.layout.wall_times) or {}
     rows = [
-        [scale, budget, method, *_compute_cells(analysis.runs.select(scale, budget, method))]
+        [scale, budget, method, *_compute_cells(analysis.runs.select(scale, budget, method), sweep_seconds)]
         for scale, budget in analysis.groups()
         for method in analysis.runs.methods(scale, budget)
     ]
@@ -419,7 +421,8 @@ def compute_section(analysis: RunComparison) -> list[Block]:
     note = (
         "Means over seeds of the training counters at the last step (FLOPs: the model's training FLOPs per token "
         "times tokens; the teacher's forward passes for distillation); wall time covers every stage of a cell "
-        "(pre-training, and SFT/evaluation when run). * = extrapolated from the last logged step."
+        "(pre-training, and SFT/evaluation when run); a cell copied from the learning-rate sweep is charged that run's "
+        "recorded pre-training time. * = extrapolated from the last logged step."
     )
     return [Heading(2, "Compute"), Paragraph(note), Table(header, rows, (False,) * 3 + (True,) * 6)]
 
@@ -443,14 +446,23 @@ def wall_time_section(analysis: RunComparison) -> list[Block]:
     return [Heading(2, "Wall time"), Paragraph(note), Table(["part", "minutes"], rows, (False, True))]
 
 
-def _compute_cells(cells: list[CellRun]) -> list[str]:
-    trained = [c for c in cells if c.reused_from is None]  # a copied run took no time of its own
-    tokens, wall = _mean([c.tokens for c in cells]), _mean([c.wall_s for c in trained])
+def _compute_cells(cells: list[CellRun], sweep_seconds: dict[str, float]) -> list[str]:
+    tokens, wall = _mean([c.tokens for c in cells]), _mean([_cell_cost_s(c, sweep_seconds) for c in cells])
     student, teacher = _mean([c.student_flops for c in cells]), _mean([c.teacher_flops for c in cells])
     total = None if student is None else student + (teacher or 0.0)
     mark = "*" if any(c.extrapolated for c in cells) else ""
     counters = [_sci(v) + mark if v is not None else "-" for v in (tokens, student, teacher, total)]
     return [str(len(cells)), counters[0], fmt(wall, 1), *counters[1:]]
+
+
+def _cell_cost_s(cell: CellRun, sweep_seconds: dict[str, float]) -> float | None:
+    """What the cell cost to produce: a copied cell's pre-training was paid by its sweep run (None if unknown)."""
+    if cell.wall_s is None or cell.reused_from is None:
+        return cell.wall_s
+    if cell.learning_rate is None:
+        return None
+    pretrain = sweep_seconds.get(sweep_wall_key(cell.method, cell.learning_rate))
+    return None if pretrain is None else cell.wall_s + pretrain
 
 
 def _mean(values: list[float | None]) -> float | None:
