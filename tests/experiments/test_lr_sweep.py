@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from xpert_pl.errors import ConfigError
 from xpert_pl.experiments.matrix import load_matrix
 from xpert_pl.experiments.runner import FitCall, MatrixRunner
+from xpert_pl.layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[2]
 BEST = {"scratch": 1e-3, "xpert": 3e-3}
@@ -84,6 +86,36 @@ def test_the_sweep_chooses_scratchs_best_rate_for_every_cell(tmp_path, tiny_sour
     runner.run()  # a rerun reuses every sweep run and every cell
     assert len(runner.launch.calls) == before
     assert json.loads(runner.layout.wall_times.read_text()) == wall  # nothing ran: nothing added
+
+
+def test_only_limits_the_cells_not_the_sweep(tmp_path, tiny_source_dir, monkeypatch, capsys):
+    # `xpert bench run --only '[xpert]'` on a matrix with a sweep: the sweep still trains scratch (its best rate
+    # is every cell's); it used to fail with KeyError 'scratch'.
+    from xpert_pl.experiments import runner as runner_module
+
+    sweep = {"rates": [1e-3, 3e-3], "methods": ["scratch", "xpert"]}
+    path = matrix_file(tmp_path, tiny_source_dir, sweep)
+    launcher = SweepLauncher()
+    monkeypatch.setattr(runner_module, "MatrixRunner", functools.partial(MatrixRunner, launch=launcher))
+    monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
+    monkeypatch.setattr(MatrixRunner, "config_problems", lambda self: [])
+    monkeypatch.chdir(REPO)
+    runner_module.bench_run(str(path), only=["xpert"])
+    assert json.loads(capsys.readouterr().out)["done"] == 2  # xpert seed 0 (copied from the sweep) and seed 1
+    layout = RunLayout(tmp_path / "bench", tiny_source_dir)
+    assert json.loads(layout.lr_sweep.read_text())["chosen"] == 1e-3
+    trained = [(c.run_dir.parent.name, c.run_dir.name) for c in launcher.calls]
+    assert sorted(trained[:4]) == sorted((m, f"lr{r:g}") for m in ("scratch", "xpert") for r in sweep["rates"])
+    assert trained[4:] == [("xpert", "seed1")] and not layout.cell("2l", "long", "scratch", 1).exists()
+
+
+def test_only_refuses_a_method_the_matrix_lacks(tmp_path, tiny_source_dir):
+    from xpert_pl.experiments.runner import bench_run
+
+    path = matrix_file(tmp_path, tiny_source_dir, {"rates": [1e-3, 3e-3]})
+    with pytest.raises(ConfigError, match=r"--only names \['nope'\], not methods of .*choose from scratch, xpert"):
+        bench_run(str(path), only=["xpert", "nope"])
+    assert not (tmp_path / "bench").exists()
 
 
 @pytest.mark.parametrize(

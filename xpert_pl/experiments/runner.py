@@ -27,7 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
-from xpert_pl.errors import raise_if_problems
+from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, Stage, load_matrix, shipped_or_local
 from xpert_pl.experiments.stages import CachedStages, validation_interval
 from xpert_pl.layout import CELL_FILE, HF_DIR, SELECTION_FILE, Artifact, RunLayout, bank_manifest, hf_config
@@ -115,6 +115,8 @@ class MatrixRunner:
     matrix: ExperimentMatrix
     jobs: int = 1
     launch: Launcher = run_forked
+    only: Sequence[str] | None = None
+    """Run only the cells of these methods (`--only`); the shared stages and the learning-rate sweep run whole."""
     layout: RunLayout = field(init=False)
     learning_rate: float | None = field(init=False, default=None)
     """Every cell's learning rate, once the matrix's learning-rate sweep has chosen it (None: the configs')."""
@@ -351,7 +353,8 @@ class MatrixRunner:
 
             self.learning_rate = run_lr_sweep(self, self.matrix.lr_sweep)["chosen"]
             log.info("[bench] learning rate of every cell: %g (the sweep's best for scratch)", self.learning_rate)
-        cells = self.matrix.cells()
+        # --only limits the cells, not the matrix: the sweep and the controls' banks need every method's config.
+        cells = [c for c in self.matrix.cells() if self.only is None or c.method in self.only]
         counts: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
             for status in tqdm(pool.map(self.run_cell, cells), total=len(cells), desc="cells", unit="cell"):
@@ -382,15 +385,13 @@ def bench_run(matrix: str, jobs: int = 1, only: Sequence[str] | None = None) -> 
     Args:
         matrix: the matrix YAML (e.g. `configs/bench/quick.yaml`).
         jobs: cells trained at the same time, each in its own process (on a 2-core CPU keep 1).
-        only: run only the cells of these methods (the shared stages always run).
+        only: run only the cells of these methods (the shared stages and the learning-rate sweep always run).
     """
     parsed = load_matrix(matrix)
-    if only:
-        unknown = [m for m in only if m not in parsed.methods]
-        if unknown:
-            raise ValueError(f"--only names unknown methods {unknown}; the matrix has {', '.join(parsed.methods)}")
-        parsed.methods = {m: p for m, p in parsed.methods.items() if m in only}
-    counts = MatrixRunner(parsed, jobs=jobs).run(shipped_or_local(Path.cwd(), matrix))
+    unknown = [m for m in only or () if m not in parsed.methods]
+    if unknown:
+        raise ConfigError([f"--only names {unknown}, not methods of {matrix}; choose from {', '.join(parsed.methods)}"])
+    counts = MatrixRunner(parsed, jobs=jobs, only=only or None).run(shipped_or_local(Path.cwd(), matrix))
     print(json.dumps({"out_dir": str(parsed.out_dir), **counts}))
     if counts.get("failed"):
         raise SystemExit(f"{counts['failed']} cell(s) failed; see <cell>/pretrain.log or sft.log, then rerun")
