@@ -104,7 +104,7 @@ def test_interrupt_saves_a_checkpoint_and_prints_the_resume_command(
     how, status, tiny_data_root, tiny_tokenizer_dir, tmp_path
 ):
     switch = {"class_path": "kill_switch.InterruptAtStep", "init_args": {"step": 3, "how": how}}
-    config = _config(tmp_path, steps=6, extra_callback=switch)
+    config = _config(tmp_path, steps=8, every=4, extra_callback=switch)
     argv = tiny_fit_args(config, tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
     interrupted = _fit_process(argv)
     assert interrupted.returncode == status, interrupted.stderr[-3000:]
@@ -113,10 +113,14 @@ def test_interrupt_saves_a_checkpoint_and_prints_the_resume_command(
     assert "Resume with: xpert fit" in interrupted.stderr and "--ckpt_path last" in interrupted.stderr
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 3
     if how == "keyboard":  # resuming works the same after either signal; once is enough here
-        plain = tiny_fit_args(_config(tmp_path, steps=6), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
+        # Interrupted before its first periodic save (step 4): the resumed run's saves must go to last.ckpt itself,
+        # not to a last-v1.ckpt beside it.
+        plain = tiny_fit_args(_config(tmp_path, steps=8, every=4), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
         resumed = _fit_process([*plain, "--ckpt_path", "last"])
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert (tmp_path / "run" / "hf" / "config.json").is_file()
+        assert sorted(p.name for p in last.parent.glob("last*.ckpt")) == ["last.ckpt"]
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 8
 
 
 def test_full_disk_leaves_no_partial_checkpoint(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys, monkeypatch):

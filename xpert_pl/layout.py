@@ -30,6 +30,23 @@ HF_CONFIG_FILE = "config.json"
 CELL_FILE = "cell.json"
 METRICS_FILE = "metrics.csv"
 UNTRAINED_MARKER = "untrained.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def last_checkpoint(directory: Path | None) -> Path | None:
+    """The newest `*last*.ckpt` in `directory` (what Lightning's `ckpt_path="last"` resumes from), else None.
+
+    Newest, not `last.ckpt` by name: a run whose periodic saves went to `last-v1.ckpt` resumes from the latest one.
+    """
+    if directory is None or not directory.is_dir():
+        return None
+    found = [p for p in directory.iterdir() if p.suffix == ".ckpt" and "last" in p.name and p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def run_last_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a training run in `run_dir` resumes from (None when it has saved none)."""
+    return last_checkpoint(run_dir / CHECKPOINT_DIR)
 
 
 class Artifact(str, Enum):

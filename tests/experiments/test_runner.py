@@ -71,6 +71,23 @@ def test_finished_cells_are_skipped_and_interrupted_ones_resume(runner):
     assert runner.run_cell(fresh) == "skipped" and len(runner.launch.calls) == 2
 
 
+def test_an_interrupted_cell_resumes_from_its_newest_last_checkpoint(runner):
+    import os
+
+    from xpert_pl.pipeline.training import fit_config
+
+    cell = runner.matrix.cells()[0]
+    checkpoints = cell.directory(runner.matrix.out_dir) / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last-v1.ckpt").write_bytes(b"")
+    call = runner.pretrain_call(cell)
+    assert call.resume and not call.overwrite  # a last-v1.ckpt alone is a checkpoint to resume, not a dead start
+    (checkpoints / "last.ckpt").write_bytes(b"")
+    os.utime(checkpoints / "last.ckpt", (1_000_000, 1_000_000))  # older than last-v1.ckpt
+    resumed = fit_config(call.config, call.run_dir, resume=call.resume, overwrite=call.overwrite)
+    assert resumed["ckpt_path"] == str(checkpoints / "last-v1.ckpt")
+
+
 def test_a_failed_cell_is_recorded_and_rerun_later(runner):
     runner.launch = FakeLauncher(status=1)
     cell = runner.matrix.cells()[0]

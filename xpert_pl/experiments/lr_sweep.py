@@ -15,7 +15,7 @@ from typing import Any
 from xpert_pl.artifacts import read_json, write_json
 from xpert_pl.experiments.matrix import Cell, LRSweep
 from xpert_pl.experiments.stages import record_seconds
-from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config, sweep_wall_key
+from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config, run_last_checkpoint, sweep_wall_key
 from xpert_pl.pipeline.config import merge
 
 # The runner and its FitCall are passed in (typed `Any`): it imports this module when a matrix has a sweep, and a
@@ -61,7 +61,7 @@ def sweep_call(runner: MatrixRunner, sweep: LRSweep, method: str, rate: float) -
     """The sweep's run of `method` at `rate` (resuming from its last checkpoint when it has one)."""
     call = runner.pretrain_call(sweep_cell(runner, sweep, method))
     run_dir = runner.layout.lr_sweep_run(method, rate)
-    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = run_last_checkpoint(run_dir) is not None
     config = merge(call.config, {"model": {"learning_rate": rate}})
     return dataclasses.replace(call, config=config, run_dir=run_dir, resume=resume, overwrite=not resume)
 

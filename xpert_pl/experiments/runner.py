@@ -3,7 +3,7 @@
 The runs folder is laid out by `RunLayout` (`xpert_pl.layout`), which `xpert report` reads. The shared stages
 (tokenizer, source MoE, analysis, banks) run in this process through the pipeline's functions, each skipped once
 done; every cell's training runs `xpert_pl.pipeline.training` in its own process, so a crash or a kill loses at most the
-steps since the last checkpoint. A cell whose cell.json says `done` is skipped; a cell with a `last.ckpt` but not
+steps since the last checkpoint. A cell whose cell.json says `done` is skipped; a cell with a `last*.ckpt` but not
 done resumes from it. The processes are forked from a server that has imported the kit once (`run_forked`): on a
 2-core VM a new interpreter spends 10-20 s importing Lightning and transformers, which every cell of a matrix would
 otherwise pay again.
@@ -30,7 +30,16 @@ from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_
 from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, Stage, load_matrix, shipped_or_local
 from xpert_pl.experiments.stages import CachedStages, validation_interval
-from xpert_pl.layout import CELL_FILE, HF_DIR, SELECTION_FILE, Artifact, RunLayout, bank_manifest, hf_config
+from xpert_pl.layout import (
+    CELL_FILE,
+    HF_DIR,
+    SELECTION_FILE,
+    Artifact,
+    RunLayout,
+    bank_manifest,
+    hf_config,
+    run_last_checkpoint,
+)
 from xpert_pl.paths import data_root as resolve_data_root
 from xpert_pl.pipeline.config import Config, bind_artifacts, load_config, merge, needed_artifacts, nested
 from xpert_pl.tokenizer import META_FILE
@@ -57,7 +66,7 @@ class FitCall:
     Attributes:
         config: the whole fit configuration (files merged, the cell's settings and artifacts bound).
         run_dir: the run folder.
-        resume: continue from `run_dir/checkpoints/last.ckpt`.
+        resume: continue from the newest `run_dir/checkpoints/last*.ckpt`.
         overwrite: replace what a start that died before its first checkpoint left (the cell owns its folder).
     """
 
@@ -178,13 +187,8 @@ class MatrixRunner:
         settings = {"trainer.max_steps": steps, "trainer.val_check_interval": validation_interval(steps)}
         # The stage owns its folder: a run killed after a checkpoint resumes from it (an hour-long source loses at
         # most the steps since); one that died before any is replaced (kept aside until the new one completes).
-        last = self.layout.source_run / "checkpoints" / "last.ckpt"
-        fit(
-            self.stage_config(stage, settings),
-            self.layout.source_run,
-            resume=last.is_file(),
-            overwrite=not last.is_file(),
-        )
+        resume = run_last_checkpoint(self.layout.source_run) is not None
+        fit(self.stage_config(stage, settings), self.layout.source_run, resume=resume, overwrite=not resume)
 
     def _unigram_baseline(self) -> None:
         """A unigram model of the train split scored on the validation blocks the source (else the first student
@@ -250,9 +254,9 @@ class MatrixRunner:
         if self.learning_rate is not None:
             settings["model.learning_rate"] = self.learning_rate
         config = self.stage_config(self.matrix.scales[cell.scale], settings, cell.method)
-        last = run_dir / "checkpoints" / "last.ckpt"
+        resume = run_last_checkpoint(run_dir) is not None
         # The cell owns its folder: a start that died before its first checkpoint is replaced, not mixed with.
-        return FitCall(config, run_dir, resume=last.is_file(), overwrite=not last.is_file())
+        return FitCall(config, run_dir, resume=resume, overwrite=not resume)
 
     def sft_call(self, cell: Cell) -> FitCall:
         """The follow-up fine-tuning of a cell: a warm start from its exported model."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.layout import HF_DIR, METRICS_FILE
+from xpert_pl.layout import CHECKPOINT_DIR, HF_DIR, METRICS_FILE, run_last_checkpoint
 from xpert_pl.pipeline.config import Config, load_config, merge, nested
 
 ConfigSource = Mapping[str, Any] | Sequence[str | Path]
@@ -21,7 +21,7 @@ class FitResult:
     Attributes:
         run_dir: the run folder (metrics.csv, config.yaml, checkpoints/).
         hf_dir: the exported Hugging Face model (None when the run has no HFExport callback).
-        last_checkpoint: `checkpoints/last.ckpt` (None when none was saved).
+        last_checkpoint: the newest `checkpoints/last*.ckpt` (None when none was saved).
         final_metrics: the last logged value of every `val/*` metric.
     """
 
@@ -32,9 +32,8 @@ class FitResult:
 
     @classmethod
     def read(cls, run_dir: Path) -> FitResult:
-        hf, last = run_dir / HF_DIR, run_dir / "checkpoints" / "last.ckpt"
-        final = last_validation(run_dir / METRICS_FILE)
-        return cls(run_dir, hf if hf.is_dir() else None, last if last.is_file() else None, final)
+        hf, final = run_dir / HF_DIR, last_validation(run_dir / METRICS_FILE)
+        return cls(run_dir, hf if hf.is_dir() else None, run_last_checkpoint(run_dir), final)
 
 
 def last_validation(metrics_csv: Path) -> dict[str, float]:
@@ -78,7 +77,8 @@ def fit_config(
     base = dict(config) if isinstance(config, Mapping) else load_config(config)
     run = {"trainer.logger.init_args.save_dir": str(run_dir), "overwrite": overwrite}
     if resume:
-        run["ckpt_path"] = str(Path(run_dir) / "checkpoints" / "last.ckpt")
+        last = run_last_checkpoint(Path(run_dir))
+        run["ckpt_path"] = str(last or Path(run_dir) / CHECKPOINT_DIR / "last.ckpt")
     return merge(base, nested({**(overrides or {}), **run}))
 
 
@@ -96,7 +96,7 @@ def fit(
         run_dir: the run folder (the logger's save_dir); a folder holding a finished run is refused unless
             `overwrite` (or `resume`).
         overrides: options laid over the configuration, by dotted name (`{"trainer.max_steps": 300}`).
-        resume: continue the run from `run_dir/checkpoints/last.ckpt`.
+        resume: continue the run from its newest `run_dir/checkpoints/last*.ckpt`.
         overwrite: replace a finished run in `run_dir` (kept aside until the new one completes).
     """
     from xpert_pl.training.lightning_cli import run_lightning_cli

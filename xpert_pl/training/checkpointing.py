@@ -17,6 +17,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from xpert_pl.artifacts import normal_permissions
+from xpert_pl.layout import last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class InterruptCheckpoint(L.Callback):
         directory = _checkpoint_dir(trainer)
         if trainer.world_size == 1 and trainer.global_step > 0 and directory is not None:
             path = directory / LAST
+            _record_as_last(trainer, path)
             try:
                 trainer.save_checkpoint(path)
             except Exception as err:  # the interrupt is what the user sees; a failed save must not hide it
@@ -78,6 +80,19 @@ class InterruptCheckpoint(L.Callback):
         else:
             print("xpert fit: interrupted; the last periodic checkpoint (if any) is kept.", file=sys.stderr)
         print(f"Resume with: {command}", file=sys.stderr)
+
+
+def _record_as_last(trainer: L.Trainer, path: Path) -> None:
+    """Make `path` the checkpoint callback's own `last` (saved in its state), as Lightning does before its saves.
+
+    Without it a run interrupted before its first periodic save resumes with no `last_model_path`, finds
+    `last.ckpt` taken, and writes every later save to `last-v1.ckpt` beside it.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.save_last:
+        callback.last_model_path = str(path)
 
 
 def _checkpoint_dir(trainer: L.Trainer) -> Path | None:
@@ -90,14 +105,6 @@ def resume_command(argv: list[str]) -> str:
     """The `xpert` command line of this run with `--ckpt_path last` (and without --overwrite or another ckpt)."""
     keep = [a for a in argv[1:] if not a.startswith(("--ckpt_path", "--overwrite"))]
     return shlex.join(["xpert", *keep, "--ckpt_path", "last"])
-
-
-def last_checkpoint(directory: Path | None) -> Path | None:
-    """The newest `*last*.ckpt` in `directory` (what Lightning's `ckpt_path="last"` resumes from), else None."""
-    if directory is None or not directory.is_dir():
-        return None
-    found = [p for p in directory.iterdir() if p.suffix == ".ckpt" and "last" in p.name and p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def checkpoint_problems(
