@@ -71,7 +71,8 @@ def write_cell(root: Path, budget: str, method: str, seed: int, values: list[flo
     record |= {"seed": seed, "status": status, "wall_s": 100.0 + 10 * seed + (50 if budget == "long" else 0)}
     record["stage_wall_s"] = {"pretrain": record["wall_s"]}
     (cell / "cell.json").write_text(json.dumps(record))
-    (cell / "config.yaml").write_text(f"seed_everything: {seed}\nmodel:\n  method: {method}\n")
+    config = f"seed_everything: {seed}\nmodel:\n  method: {method}\ntrainer:\n  save_dir: {cell.resolve()}\n"
+    (cell / "config.yaml").write_text(config)
     (cell / "objective.json").write_text(json.dumps({"class": "NextTokenObjective", "teacher_flops_per_token": 0}))
     return cell
 

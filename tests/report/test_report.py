@@ -203,6 +203,15 @@ def test_html_is_self_contained_with_embedded_figures(report):
         assert link.startswith("figures/") and (out / link).is_file()
     assert "# the fixture's matrix" in markdown and "# the fixture&#x27;s matrix" in page  # matrix.yaml verbatim
     assert "| gate |" in markdown and "0.3266" in markdown  # Tucker ranks and errors
+    assert "save_dir: <runs_dir>/cells/2l/" in markdown and "save_dir: /" not in markdown
+
+
+def test_configs_name_the_runs_folder_not_this_machines_path(tmp_path):
+    from xpert_pl.report.appendix import runs_relative
+
+    root = tmp_path / "bench"
+    text = f"save_dir: {root}/cells/a\nteacher: '{root}'\nother: {root}-2/x\n"
+    assert runs_relative(text, root) == f"save_dir: <runs_dir>/cells/a\nteacher: '<runs_dir>'\nother: {root}-2/x\n"
 
 
 def test_layer_heatmaps_are_optional(runs_dir, tmp_path):

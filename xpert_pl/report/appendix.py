@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 from datetime import datetime, timezone
 from importlib import metadata
@@ -122,6 +123,7 @@ def environment_section() -> list[Block]:
 def configs_section(runs: RunsDir) -> list[Block]:
     """`matrix.yaml` verbatim, then per (scale, budget, method) the exact config and objective of its first seed."""
     blocks: list[Block] = [Heading(3, "Experiment matrix and configs")]
+    blocks.append(Paragraph("In the cells' configs, paths inside the runs folder are written `<runs_dir>/...`."))
     if runs.matrix_text is not None:
         blocks.append(Code(runs.matrix_text, "yaml", "matrix.yaml (verbatim)"))
     else:
@@ -134,8 +136,17 @@ def configs_section(runs: RunsDir) -> list[Block]:
             continue
         seen.add(key)
         where = f"{cell.scale}/{cell.budget}/{cell.method}/seed{cell.seed}"
-        blocks.append(Code(config.read_text(), "yaml", f"{where}/config.yaml (other seeds: their cell directories)"))
+        text = runs_relative(config.read_text(), runs.root)
+        blocks.append(Code(text, "yaml", f"{where}/config.yaml (other seeds: their cell directories)"))
         objective = read_json_or_none(cell.path / "objective.json")
         if objective:
-            blocks.append(Code(json.dumps(objective, indent=2), "json", f"{where}/objective.json"))
+            text = runs_relative(json.dumps(objective, indent=2), runs.root)
+            blocks.append(Code(text, "json", f"{where}/objective.json"))
     return blocks
+
+
+def runs_relative(text: str, root: Path) -> str:
+    """`text` with the runs folder's absolute path written `<runs_dir>`, so a committed report names no machine's
+    folders and reads the same wherever the runs folder is moved."""
+    pattern = re.escape(str(root.resolve())) + r"(?=[/\s\"',]|$)"
+    return re.sub(pattern, "<runs_dir>", text, flags=re.MULTILINE)
