@@ -32,6 +32,7 @@ from xpert_pl.report.comparison import VAL_LOSS, RunComparison, paired_dict
 from xpert_pl.report.render import Block, Bullets, Paragraph, to_html, to_markdown
 from xpert_pl.report.runs import XPERT, CellRun, RunsDir
 from xpert_pl.report.stats import MIN_SEEDS, Paired, paired, t_interval_from_p
+from xpert_pl.report.verdict import verdict_section
 
 DERIVED = "paired t, 95%, derived from mean_diff and p_value (per-seed values not kept)"
 PRINTED = "report.md's verdict sentence (3 significant digits)"
@@ -224,7 +225,7 @@ def splice(text: str, fmt: Format, replacements: list[tuple[str, str | None, lis
 def replacements(analysis: RecordedAnalysis) -> list[tuple[str, str | None, list[Block]]]:
     """The re-rendered sections: (heading title, the heading it follows, blocks)."""
     found: list[tuple[str, str | None, list[Block]]] = [
-        ("Verdict", None, [Paragraph(NOTE), *sections.verdict_section(analysis)])
+        ("Verdict", None, [Paragraph(NOTE), *verdict_section(analysis)])
     ]
     for scale, budget in analysis.headline_groups():
         results = f"Results: {scale}, budget {budget} ("

@@ -12,8 +12,9 @@ from scipy import stats
 from xpert_pl.report.plots import seed_band
 from xpert_pl.report.render import Paragraph, Table, to_html
 from xpert_pl.report.runs import read_cell, read_lm_eval, read_metrics_csv
-from xpert_pl.report.sections import control_sentence, fmt_ci, fmt_reading, fmt_spread, verdict_sentence
+from xpert_pl.report.sections import control_sentence, fmt_ci, fmt_reading, fmt_spread
 from xpert_pl.report.stats import Paired, crossing_step, paired, scratch_tokens_worth, spread, steps_fraction
+from xpert_pl.report.verdict import multiplicity_sentences, verdict_sentence
 
 
 def test_crossing_step_interpolates_between_validations():
@@ -172,3 +173,17 @@ def test_lm_eval_scores_within_two_standard_errors_of_chance_are_flagged(tmp_pat
     assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == reason
     runs["xpert"][0].final[key] = 0.70  # 4 SE above the constant answer: a signal
     assert no_signal(analysis, "2l", "long", ["xpert"], key, "sft/lm_eval/") == "-"
+
+
+def test_the_verdict_says_which_of_xperts_verdicts_hold_after_adjustment():
+    def result(p: float, diff: float) -> Paired:
+        return Paired((0, 1, 2), diff, diff - 0.01 if p < 0.05 else -0.01, diff + 0.01 if p < 0.05 else 0.01, p)
+
+    tests = {"scratch": result(0.01, -0.3), "random_experts": result(0.03, 0.04), "shuffled_xpert": result(0.04, 0.02)}
+    tests |= {"distillation": result(0.5, 0.001), "full_experts": Paired((0,), 0.02, None, None, None)}
+    (paragraph,) = multiplicity_sentences(tests, "2l/long")
+    assert "adjusted for the 4 tests of XPERT" in paragraph.text  # the one-seed comparison is not a test
+    assert "`scratch` 0.04, `random_experts` 0.0533, `shuffled_xpert` 0.0533, `distillation` 0.5" in paragraph.text
+    assert "Verdicts that hold after adjustment: `scratch`." in paragraph.text
+    assert "could be chance among 4 tests): `random_experts`, `shuffled_xpert`." in paragraph.text
+    assert multiplicity_sentences({"scratch": tests["scratch"]}, "2l/long") == []

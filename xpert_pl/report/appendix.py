@@ -62,6 +62,9 @@ def statistics_notes() -> list[Block]:
         "When every seed differs by the same amount there is no spread, hence no test and no verdict.",
         "Verdicts read the t interval: better or worse when it excludes 0 (p < 0.05), not distinguishable when it "
         "includes 0. With 3-5 seeds only large differences can be told apart.",
+        "XPERT is tested against several baselines, so some p < 0.05 are expected by chance alone; the verdict also "
+        "gives Benjamini-Hochberg adjusted p-values over XPERT's tests on each scale "
+        "(`scipy.stats.false_discovery_control`) and says which verdicts hold after adjustment.",
     ]
     return [Heading(3, "Statistics used"), Bullets(items)]
 

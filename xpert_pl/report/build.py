@@ -13,6 +13,7 @@ from xpert_pl.report.comparison import RunComparison
 from xpert_pl.report.render import Block, Heading, Paragraph, to_html, to_markdown
 from xpert_pl.report.runs import RunsDir, load_runs
 from xpert_pl.report.source import source_beside_students, source_section
+from xpert_pl.report.verdict import verdict_section
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
     # The source's routing (heatmaps, selection) right after it: every verdict below is read against both.
     blocks += appendix.activation_section(runs, figures, layer_heatmaps)
     blocks += design.lr_sweep_section(runs.layout)
-    blocks += sections.verdict_section(analysis)
+    blocks += verdict_section(analysis)
     blocks += sections.runs_section(runs)
     for scale, budget in analysis.headline_groups():
         blocks.append(Heading(2, f"Results: {scale}, budget {budget} ({_tokens(analysis, scale, budget)})"))

@@ -1,4 +1,4 @@
-"""The report's result sections as document blocks: verdict, runs, final metrics, paired comparisons, controls,
+"""The report's result sections as document blocks: runs, final metrics, paired comparisons, controls,
 convergence, effective tokens, compute and loss curves."""
 
 from __future__ import annotations
@@ -78,32 +78,6 @@ def slug(*parts: str) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p) for p in parts)
 
 
-# ---- verdict -----------------------------------------------------------------------------------------------------
-
-
-def verdict_sentence(subject: str, other: str, result: Paired, where: str) -> str:
-    """A plain sentence: is `subject`'s final validation loss lower, higher or indistinguishable from `other`'s?"""
-    name = "XPERT" if subject == XPERT else f"`{subject}`"
-    other_name = "XPERT" if other == XPERT else f"`{other}`"
-    if result.direction in ("too few seeds", "constant"):
-        tail = f" XPERT is not shown to beat {other_name}." if subject == XPERT else ""
-        if result.direction == "constant":
-            return (
-                f"{where}: {name} vs {other_name}: every seed differs by {result.mean_diff:+.4f} ({result.n} seeds): "
-                f"no spread, so no test and no verdict.{tail}"
-            )
-        difference = "no paired seed" if result.n == 0 else f"mean difference {result.mean_diff:+.4f}"
-        return f"{where}: {name} vs {other_name}: too few seeds ({result.n} paired; {difference}).{tail}"
-    numbers = f"(mean difference {result.mean_diff:+.4f} nats/token, {fmt_interval(result)}, {fmt_details(result)})"
-    tail = f" XPERT does not beat {other_name} here." if subject == XPERT else ""
-    lead = f"{where}: {name} is"
-    if result.direction == "lower":
-        return f"{lead} **better** than {other_name}: its final validation loss is lower {numbers}."
-    if result.direction == "higher":
-        return f"{lead} **worse** than {other_name}: its final validation loss is higher {numbers}.{tail}"
-    return f"{lead} **not distinguishable** from {other_name}: the interval includes 0 {numbers}.{tail}"
-
-
 def fmt_interval(result: Paired, sign: float = 1.0, plus: str = "+") -> str:
     """'95% t interval L to H' of `sign * (a - b)` ('not recoverable' when a recorded summary had none)."""
     if result.ci_low is None or result.ci_high is None:
@@ -114,40 +88,6 @@ def fmt_interval(result: Paired, sign: float = 1.0, plus: str = "+") -> str:
 
 def fmt_details(result: Paired) -> str:
     return f"p = {fmt_p(result.p_value)}, {result.n} seeds"
-
-
-def verdict_section(analysis: RunComparison) -> list[Block]:
-    """XPERT against every other method, then every other method against scratch, at each scale's largest budget."""
-    items, not_beaten = [], []
-    for scale, budget in analysis.headline_groups():
-        methods, where = analysis.runs.methods(scale, budget), f"{scale}/{budget}"
-        for other in [m for m in methods if m != XPERT] if XPERT in methods else []:
-            result = analysis.compare(scale, budget, XPERT, other)
-            items.append(verdict_sentence(XPERT, other, result, where))
-            if result.direction != "lower":
-                not_beaten.append(f"`{other}` ({where}: {_direction_word(result)})")
-        if BASELINE in methods:
-            items += [
-                verdict_sentence(m, BASELINE, analysis.compare(scale, budget, m, BASELINE), where)
-                for m in methods
-                if m not in (XPERT, BASELINE)
-            ]
-    if not items:
-        items = ["No comparison possible: no scale has usable runs of scratch and another method."]
-    note = (
-        "Final validation loss at each scale's largest budget, paired by seed; "
-        "better/worse means the 95% paired t interval of the difference excludes 0 (equivalently, the paired "
-        "t-test's p < 0.05)."
-    )
-    blocks: list[Block] = [Heading(2, "Verdict"), Paragraph(note), Bullets(items)]
-    if not_beaten:
-        blocks.append(Paragraph("**Where XPERT does not beat a baseline:** " + "; ".join(not_beaten) + "."))
-    return blocks
-
-
-def _direction_word(result: Paired) -> str:
-    words = {"higher": "worse", "unclear": "not distinguishable", "constant": "constant differences"}
-    return words.get(result.direction, result.direction)
 
 
 # ---- runs --------------------------------------------------------------------------------------------------------

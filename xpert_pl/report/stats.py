@@ -113,6 +113,14 @@ def paired_t_tests(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return p_value, low, high
 
 
+def bh_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (`scipy.stats.false_discovery_control`): rejecting where the adjusted
+    p < 0.05 keeps the expected share of false verdicts among the verdicts at most 5%, however many tests."""
+    from scipy import stats
+
+    return [float(p) for p in stats.false_discovery_control(np.asarray(p_values, dtype=float), method="bh")]
+
+
 def t_interval_from_p(n: int, mean_diff: float, p_value: float, level: float = LEVEL) -> tuple[float, float] | None:
     """The paired t interval recovered from a recorded mean difference and two-sided p-value over `n` pairs.
 
