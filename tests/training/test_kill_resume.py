@@ -1,5 +1,6 @@
 """A pre-training run killed with SIGKILL and resumed with `--ckpt_path last` ends exactly where an uninterrupted
-run with the same seed ends (same final validation loss and weights on CPU): the data order continues."""
+run with the same seed ends (same final validation loss, weights and logged history on CPU): the data order
+continues, and metrics.csv keeps the rows from before the kill."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def _fit(config: Path, run_dir: Path, data_root: Path, tokenizer: Path, *extra: 
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _losses(run_dir: Path) -> list[tuple[int, str, str]]:
+    """Every logged (step, train loss, validation loss) of a run's metrics.csv, in order."""
+    rows = csv.DictReader((run_dir / "metrics.csv").open())
+    return [(int(r["step"]), r["train/loss"], r["val/loss"]) for r in rows]
+
+
 def _final_val_loss(run_dir: Path) -> tuple[int, float]:
     rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("val/loss")]
     return int(rows[-1]["step"]), float(rows[-1]["val/loss"])
@@ -60,5 +67,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_data_root, tiny_t
     step, loss = _final_val_loss(tmp_path / "full")
     assert step == STEPS - 1
     assert _final_val_loss(tmp_path / "killed") == (step, loss)  # exactly, on CPU
+    # The resumed run's metrics.csv holds the part before the kill too (up to its checkpoint), not only what follows.
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")
+    assert not (tmp_path / "killed" / ".metrics-before-resume.csv").exists()
     a, b = (load_file(tmp_path / run / "hf" / "model.safetensors") for run in ("full", "killed"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

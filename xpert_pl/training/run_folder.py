@@ -3,11 +3,13 @@ user asks to overwrite, and a lock keeps two writers out of one folder."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
@@ -17,6 +19,8 @@ from xpert_pl.layout import METRICS_FILE
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".xpert-fit.lock"
+# The metrics of a resumed run's earlier part, kept while Lightning's CSVLogger replaces metrics.csv on start.
+HISTORY_FILE = ".metrics-before-resume.csv"
 REPLACED_PREFIX = ".replaced-"
 # What `xpert fit` writes into its run folder: the marks of a run.
 RUN_ENTRIES = (
@@ -83,6 +87,32 @@ class RunFolder(L.Callback):
         self._lock = lock
         if self.overwrite and not self.resume and run_entries(self.run_dir):
             self._set_aside()
+        if self.resume:
+            self._keep_history()
+
+    def _keep_history(self) -> None:
+        """Copy metrics.csv aside before the CSVLogger deletes it (kept from an earlier attempt that died first)."""
+        metrics, history = self.run_dir / METRICS_FILE, self.run_dir / HISTORY_FILE
+        if metrics.is_file() and not history.is_file():
+            shutil.copy2(metrics, history)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run's metrics.csv starts with the earlier part's rows (those before the checkpoint's step)."""
+        history = self.run_dir / HISTORY_FILE
+        writer = _csv_writer(trainer)
+        if not self.resume or not history.is_file() or writer is None:
+            return
+        with history.open(newline="") as fh:
+            rows = [_typed(row) for row in csv.DictReader(fh) if int(row["step"]) < trainer.global_step]
+        writer.metrics[:0] = rows
+        writer.save()
+        history.unlink()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # metrics.csv holds every row up to a checkpoint, so a run killed after it resumes with its whole history.
+        writer = _csv_writer(trainer)
+        if writer is not None:
+            writer.save()
 
     def _set_aside(self) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -106,3 +136,18 @@ class RunFolder(L.Callback):
             self._lock.release()
             self._lock = None
             (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _csv_writer(trainer: L.Trainer) -> Any:
+    """The rank-zero CSVLogger's writer of this run (None for another logger or on another rank)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = trainer.logger
+    if not trainer.is_global_zero or not isinstance(logger, CSVLogger):
+        return None
+    return logger.experiment
+
+
+def _typed(row: dict[str, str]) -> dict[str, float | int]:
+    """A metrics.csv row as the logger holds it: numbers, without the empty cells."""
+    return {k: int(v) if k in ("epoch", "step") else float(v) for k, v in row.items() if v not in ("", None)}
