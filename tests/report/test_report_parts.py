@@ -118,6 +118,19 @@ def test_compute_counters_are_scaled_to_the_last_step(tmp_path):
     assert (cell.method, cell.seed, cell.final) == ("xpert", 0, {"val/loss": 3.5})
 
 
+def test_a_metrics_file_missing_its_early_rows_is_flagged(tmp_path):
+    cell_dir = tmp_path / "cells" / "2l" / "long" / "xpert" / "seed1"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "cell.json").write_text(json.dumps({"status": "done", "steps": 490, "seed": 1}))
+    header = "epoch,step,train/loss,val/loss\n"
+    late = "0,399,4.3,\n0,419,,4.65\n0,489,,4.58\n"  # validations every 70 steps, first row at 399
+    (cell_dir / "metrics.csv").write_text(header + late)
+    cell = read_cell(cell_dir)
+    assert cell.usable and cell.history_from == 399 and cell.final["val/loss"] == 4.58
+    (cell_dir / "metrics.csv").write_text(header + "0,9,7.9,\n0,69,,5.9\n0,139,,5.2\n")
+    assert read_cell(cell_dir).history_from is None
+
+
 def test_seed_band_averages_seeds_on_shared_steps():
     steps, mean, low, high = seed_band([([0, 10, 20], [4.0, 3.0, 2.0]), ([0, 5, 20], [5.0, 4.0, 3.0])])
     # Seed 1 has no validation at step 10: interpolated between 4.0 (step 5) and 3.0 (step 20) -> 3.6667.

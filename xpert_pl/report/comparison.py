@@ -60,8 +60,9 @@ class RunComparison:
 
     def fractions(self, scale: str, budget: str, method: str) -> dict[int, float | None]:
         """seed -> fraction of scratch's steps needed to reach scratch's final loss (None: not reached)."""
-        scratch = {c.seed: c.val_curve for c in self.runs.select(scale, budget, BASELINE)}
-        runs = self.runs.select(scale, budget, method)
+        # A run whose early metrics are missing cannot say when it reached the target: left out, not "not reached".
+        scratch = {c.seed: c.val_curve for c in self.runs.select(scale, budget, BASELINE) if c.history_from is None}
+        runs = [c for c in self.runs.select(scale, budget, method) if c.history_from is None]
         return {c.seed: steps_fraction(c.val_curve, scratch[c.seed]) for c in runs if c.seed in scratch}
 
     def compare_fractions(self, scale: str, budget: str, a: str, b: str) -> Paired:

@@ -54,6 +54,9 @@ class CellRun:
     student_flops: float | None = None
     teacher_flops: float | None = None
     extrapolated: bool = False
+    history_from: float | None = None
+    """The first step in metrics.csv when the earlier rows are missing (a run resumed by a kit version whose logger
+    deleted them), else None: its final values count, its steps to scratch's final loss do not."""
     problem: str | None = None
     stderr: dict[str, float] = field(default_factory=dict)
     """lm-eval's standard error of each `lm_eval/<task>/<metric>` in `final` (the kit's summaries carry them)."""
@@ -203,6 +206,7 @@ def _read_results(cell: CellRun) -> None:
         cell.problem = "no val/loss in metrics.csv"
         return
     cell.final = {k: values[-1] for k, (_, values) in cell.curves.items()}
+    cell.history_from = missing_history(rows, cell.val_curve[0])
     _read_compute(cell, rows)
     cell.final.update(read_rouge(cell.path / "sft"))
     cell.final.update(read_lm_eval(cell.path, "lm_eval"))
@@ -234,6 +238,14 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     return [{k: v for k, v in ((k, _float(v)) for k, v in row.items() if k) if v is not None} for row in rows]
+
+
+def missing_history(rows: list[dict[str, float]], val_steps: list[float]) -> float | None:
+    """The first logged step when metrics.csv lacks its early rows: it starts later than one validation interval."""
+    steps = [r["step"] for r in rows if "step" in r]
+    if len(val_steps) < 2 or not steps:
+        return None
+    return min(steps) if min(steps) > val_steps[1] - val_steps[0] else None
 
 
 def curve(rows: list[dict[str, float]], name: str) -> Curve:

@@ -115,7 +115,20 @@ def runs_section(runs: RunsDir) -> list[Block]:
             Paragraph(f"{len(left_out)} cell(s) are excluded from every number below (never averaged in)."),
             Table(["scale", "budget", "method", "seed", "status", "problem"], left_out),
         ]
-    return blocks
+    return blocks + _missing_history_note(runs)
+
+
+def _missing_history_note(runs: RunsDir) -> list[Block]:
+    cells = [c for c in runs.cells if c.usable and c.history_from is not None]
+    if not cells:
+        return []
+    names = ", ".join(f"{c.scale}/{c.budget}/{c.method}/seed{c.seed} (from step {c.history_from:.0f})" for c in cells)
+    text = (
+        f"**Early metrics missing:** the metrics.csv of {names} starts late: the run was resumed by a kit version "
+        "whose logger deleted the rows before the resume. Their final values count; their steps to scratch's final "
+        "loss are left out, and their curves start at that step."
+    )
+    return [Paragraph(text)]
 
 
 # ---- final metrics and paired comparisons ------------------------------------------------------------------------
