@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpert_pl.report.design import DESIGN, crossing_steps, knowledge_scale_section
+from xpert_pl.report.design import DESIGN, crossing_sentence, crossing_steps, knowledge_scale_section
 from xpert_pl.report.render import Table
 from xpert_pl.report.stats import paired, spread
 
@@ -40,6 +40,19 @@ def test_crossings_are_interpolated_where_the_difference_changes_sign():
     assert crossing_steps(steps, np.array([-0.2, -0.1, 0.1, 0.3])) == [150.0]  # leads early, behind from 150
     assert crossing_steps(steps, np.array([-0.2, -0.1, -0.05, -0.01])) == []
     assert crossing_steps(steps, np.array([0.1, -0.1, 0.1, -0.3])) == pytest.approx([50.0, 150.0, 225.0])
+
+
+def test_a_crossing_sentence_says_who_leads_first_and_where_the_curves_cross():
+    steps = np.array([69.0, 139.0, 209.0])
+    xpert = (steps, np.array([5.0, 4.8, 4.6]), None, None)
+    distillation = (steps, np.array([5.2, 4.85, 4.5]), None, None)
+    sentence = crossing_sentence("2l/long", "xpert", "distillation", xpert, distillation)
+    # Differences -0.2, -0.05, +0.1: the sign changes at 139 + 70 * 0.05 / 0.15 = 162.3.
+    assert sentence == (
+        "2l/long: XPERT leads `distillation` at first, its mean curve crosses `distillation`'s at step 162 and ends "
+        "behind (+0.1000 nats/token at step 209)."
+    )
+    assert crossing_sentence("2l/long", "xpert", "scratch", xpert, (steps, np.array([5.1, 4.9, 4.7]))) is None
 
 
 def test_the_two_by_two_table_and_the_knowledge_effects():

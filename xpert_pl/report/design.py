@@ -15,6 +15,9 @@ from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
 from xpert_pl.report.runs import XPERT
 from xpert_pl.report.sections import fmt_spread, paired_cells
 
+# (steps, mean, min, max) of a method's validation curves over seeds, as `seed_band` gives them.
+Band = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
 # (knowledge, scale) -> method: scratch has neither, norm-matched scratch the experts' scale only, XPERT at the
 # student's own initial norms the knowledge only, XPERT both.
 DESIGN = {
@@ -73,31 +76,42 @@ def crossing_steps(steps: np.ndarray, difference: np.ndarray) -> list[float]:
 
 
 def crossings_section(analysis: RunComparison) -> list[Block]:
-    """For every method, where its mean validation curve crosses scratch's (leading early, behind later...)."""
+    """Where mean validation curves cross: every method's against scratch's, and XPERT's against every other
+    method's (one leading early and falling behind later)."""
     sentences = []
     for scale, budget in analysis.groups():
-        base = seed_band([c.val_curve for c in analysis.runs.select(scale, budget, BASELINE)])
-        for method in analysis.runs.methods(scale, budget):
-            curve = seed_band([c.val_curve for c in analysis.runs.select(scale, budget, method)])
-            if method == BASELINE or base[0].size < 2 or curve[0].size < 2:
-                continue
-            grid = np.intersect1d(base[0], curve[0])
-            if grid.size < 2:
-                continue
-            difference = np.interp(grid, curve[0], curve[1]) - np.interp(grid, base[0], base[1])
-            steps = crossing_steps(grid, difference)
-            if steps:
-                first = "leads" if difference[0] < 0 else "trails"
-                where = ", ".join(f"{s:.0f}" for s in steps)
-                last = "ahead" if difference[-1] < 0 else "behind"
-                sentences.append(
-                    f"{scale}/{budget}: `{method}` {first} scratch at first, its mean curve crosses scratch's at step "
-                    f"{where} and ends {last} ({difference[-1]:+.4f} nats/token at step {grid[-1]:.0f})."
-                )
-    if not sentences:
+        methods = analysis.runs.methods(scale, budget)
+        bands = {m: seed_band([c.val_curve for c in analysis.runs.select(scale, budget, m)]) for m in methods}
+        pairs = [(m, BASELINE) for m in methods if BASELINE in bands and m != BASELINE]
+        pairs += [(XPERT, m) for m in methods if XPERT in bands and m not in (XPERT, BASELINE)]
+        for method, reference in pairs:
+            sentence = crossing_sentence(f"{scale}/{budget}", method, reference, bands[method], bands[reference])
+            sentences += [sentence] if sentence else []
+    if not analysis.groups():
         return []
-    note = "Mean validation curves over seeds; a crossing is where the difference to scratch changes sign."
-    return [Heading(2, "Where curves cross"), Paragraph(note), Bullets(sentences)]
+    note = "Mean validation curves over seeds; a crossing is where the difference of two methods changes sign."
+    found = Bullets(sentences) if sentences else Paragraph("No two compared curves cross: every early lead holds.")
+    return [Heading(2, "Where curves cross"), Paragraph(note), found]
+
+
+def crossing_sentence(where: str, method: str, reference: str, curve: Band, base: Band) -> str | None:
+    """'`method` leads `reference` at first, crosses at step S and ends behind (...)', or None without a crossing."""
+    if base[0].size < 2 or curve[0].size < 2:
+        return None
+    grid = np.intersect1d(base[0], curve[0])
+    if grid.size < 2:
+        return None
+    difference = np.interp(grid, curve[0], curve[1]) - np.interp(grid, base[0], base[1])
+    steps = crossing_steps(grid, difference)
+    if not steps:
+        return None
+    name, other = ("XPERT" if m == XPERT else f"`{m}`" for m in (method, reference))
+    first, last = ("leads" if difference[0] < 0 else "trails"), ("ahead" if difference[-1] < 0 else "behind")
+    return (
+        f"{where}: {name} {first} {other} at first, its mean curve crosses {other}'s at step "
+        f"{', '.join(f'{s:.0f}' for s in steps)} and ends {last} ({difference[-1]:+.4f} nats/token at step "
+        f"{grid[-1]:.0f})."
+    )
 
 
 def lr_sweep_section(layout: RunLayout) -> list[Block]:
