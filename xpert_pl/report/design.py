@@ -78,8 +78,11 @@ def crossing_steps(steps: np.ndarray, difference: np.ndarray) -> list[float]:
 def crossings_section(analysis: RunComparison) -> list[Block]:
     """Where mean validation curves cross: every method's against scratch's, and XPERT's against every other
     method's (one leading early and falling behind later)."""
+    groups = analysis.groups()
+    if not groups:
+        return []
     sentences = []
-    for scale, budget in analysis.groups():
+    for scale, budget in groups:
         methods = analysis.runs.methods(scale, budget)
         bands = {m: seed_band([c.val_curve for c in analysis.runs.select(scale, budget, m)]) for m in methods}
         pairs = [(m, BASELINE) for m in methods if BASELINE in bands and m != BASELINE]
@@ -87,8 +90,6 @@ def crossings_section(analysis: RunComparison) -> list[Block]:
         for method, reference in pairs:
             sentence = crossing_sentence(f"{scale}/{budget}", method, reference, bands[method], bands[reference])
             sentences += [sentence] if sentence else []
-    if not analysis.groups():
-        return []
     note = "Mean validation curves over seeds; a crossing is where the difference of two methods changes sign."
     found = Bullets(sentences) if sentences else Paragraph("No two compared curves cross: every early lead holds.")
     return [Heading(2, "Where curves cross"), Paragraph(note), found]

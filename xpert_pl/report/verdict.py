@@ -17,7 +17,7 @@ def verdict_sentence(subject: str, other: str, result: Paired, where: str) -> st
     """A plain sentence: is `subject`'s final validation loss lower, higher or indistinguishable from `other`'s?"""
     name = "XPERT" if subject == XPERT else f"`{subject}`"
     other_name = "XPERT" if other == XPERT else f"`{other}`"
-    if result.direction in ("too few seeds", "constant"):
+    if result.direction in NO_TEST:
         tail = f" XPERT is not shown to beat {other_name}." if subject == XPERT else ""
         if result.direction == "constant":
             return (
