@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from xpert_pl.experiments.matrix import load_matrix
-from xpert_pl.experiments.runner import FitCall, MatrixRunner, run_forked
+from xpert_pl.experiments.runner import FitCall, MatrixRunner
 from xpert_pl.layout import Artifact
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,14 +150,6 @@ def test_a_real_tiny_matrix_runs_then_skips_everything(tmp_path, tiny_data_root,
     init = json.loads((out / "cells/2l/only/xpert/seed0/init_report.json").read_text())
     assert init["initializer"] == "xpert" and init["details"]["bank"] == str(out / "shared" / "bank")
     assert runner.run(path) == {"skipped": 2}
-
-
-def test_a_forked_call_logs_its_output_and_returns_the_exit_status(tmp_path):
-    log_file = tmp_path / "cell" / "run.log"
-    bad = FitCall({"trainer": {"max_steps": 0}}, tmp_path / "run")
-    assert run_forked(bad, log_file) == 2
-    assert "xpert fit: error:" in log_file.read_text()  # the child's stderr, one paragraph, appended to the log
-    assert not (tmp_path / "run").exists()
 
 
 def test_the_tokenizer_is_trained_as_the_first_shared_stage(tmp_path, tiny_data_root, tiny_source_dir, monkeypatch):

@@ -4,19 +4,14 @@ The runs folder is laid out by `RunLayout` (`xpert_pl.layout`), which `xpert rep
 (tokenizer, source MoE, analysis, banks) run in this process through the pipeline's functions, each skipped once
 done; every cell's training runs `xpert_pl.pipeline.training` in its own process, so a crash or a kill loses at most the
 steps since the last checkpoint. A cell whose cell.json says `done` is skipped; a cell with a `last*.ckpt` but not
-done resumes from it. The processes are forked from a server that has imported the kit once (`run_forked`): on a
-2-core VM a new interpreter spends 10-20 s importing Lightning and transformers, which every cell of a matrix would
-otherwise pay again.
+done resumes from it. The processes are forked from a server that has imported the kit once (`fork_server`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +23,7 @@ from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
 from xpert_pl.errors import ConfigError, raise_if_problems
+from xpert_pl.experiments.fork_server import run_forked
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, Stage, load_matrix, shipped_or_local
 from xpert_pl.experiments.stages import CachedStages, validation_interval
 from xpert_pl.layout import (
@@ -46,16 +42,6 @@ from xpert_pl.tokenizer import META_FILE
 from xpert_pl.tokenizer_training import train_tokenizer
 
 log = logging.getLogger(__name__)
-
-# Imported once by the fork server, so each cell process starts with them loaded.
-PRELOAD = [
-    "xpert_pl.pipeline.training",
-    "xpert_pl.training.lightning_cli",
-    "xpert_pl.training",
-    "xpert_pl.data",
-    "xpert_pl.initializers",
-    "xpert_pl.callbacks",
-]
 
 
 @dataclass(frozen=True)
@@ -82,33 +68,6 @@ class FitCall:
 
 
 Launcher = Callable[[FitCall, Path], int]
-
-
-def _run_in_child(call: FitCall, log_file: str) -> None:
-    """Body of a forked cell process: stdout and stderr appended to `log_file`, then the call; a user error
-    prints its one paragraph and exits 2, as `xpert fit` does."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    from xpert_pl.cli_errors import run_reporting_errors
-
-    run_reporting_errors(call, "fit")
-
-
-def run_forked(call: FitCall, log_file: Path) -> int:
-    """Run `call` in a process forked from a server that has already imported the kit (multiprocessing's
-    forkserver: a clean process, never one that has trained or used threads), its output appended to `log_file`.
-    Exit status as a subprocess's: 0, the `SystemExit` code, 1 for an uncaught error, -N for signal N."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
-    process = context.Process(target=_run_in_child, args=(call, str(log_file)))
-    process.start()
-    process.join()
-    return process.exitcode
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""Cell processes forked from a server that has imported the kit once, all on the version of the kit it imported.
+
+On a 2-core VM a new interpreter spends 10-20 s importing Lightning and transformers, which every cell of a matrix
+would otherwise pay again; multiprocessing's forkserver imports `PRELOAD` once and forks each cell from it. A cell
+process still imports, from disk, any kit module the server had not (its call's own module first). So if the kit's
+sources change while a bench runs (an edit, a `git pull`), a cell would mix the server's old modules with new ones:
+it fails on a missing name, or runs a mixture of two versions. `run_forked` records the kit's sources when it first
+starts a cell and refuses to fork another once they differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from xpert_pl.errors import ConfigError
+
+# Imported once by the fork server, so each cell process starts with them loaded.
+PRELOAD = [
+    "xpert_pl.pipeline.training",
+    "xpert_pl.training.lightning_cli",
+    "xpert_pl.training",
+    "xpert_pl.data",
+    "xpert_pl.initializers",
+    "xpert_pl.callbacks",
+]
+_server_sources: dict[str, str] | None = None
+"""`kit_sources()` when this process forked its first cell; the fork server lives as long as the process."""
+
+
+def kit_sources(roots: Iterable[Path] | None = None) -> dict[str, str]:
+    """SHA-256 of every `.py` file of the kit (`xpert_pl` and `xpert_pl.callbacks`, wherever installed), by path."""
+    if roots is None:
+        specs = [importlib.util.find_spec(name) for name in ("xpert_pl", "xpert_pl.callbacks")]
+        roots = [Path(p) for spec in specs for p in spec.submodule_search_locations]
+    files = sorted(f for root in roots for f in Path(root).rglob("*.py"))
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def check_kit_unchanged() -> None:
+    """Record the kit's sources on the first call; on later calls raise `ConfigError` if they changed since."""
+    global _server_sources
+    now = kit_sources()
+    if _server_sources is None:
+        _server_sources = now
+        return
+    changed = sorted({f for f in now.keys() | _server_sources.keys() if now.get(f) != _server_sources.get(f)})
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ConfigError(
+            [
+                f"the kit's source files changed while this bench ran ({shown}): a cell forked now would mix the "
+                "kit it started with and the new one. Stop it and run `xpert bench run` again; it resumes where it "
+                "stopped (finished cells are kept, interrupted ones resume from their checkpoints)"
+            ]
+        )
+
+
+def _run_in_child(call: Callable[[], None], log_file: str) -> None:
+    """Body of a forked cell process: stdout and stderr appended to `log_file`, then the call; a user error
+    prints its one paragraph and exits 2, as `xpert fit` does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    from xpert_pl.cli_errors import run_reporting_errors
+
+    run_reporting_errors(call, "fit")
+
+
+def run_forked(call: Callable[[], None], log_file: Path) -> int:
+    """Run `call` (picklable) in a process forked from a server that has already imported the kit (multiprocessing's
+    forkserver: a clean process, never one that has trained or used threads), its output appended to `log_file`.
+    Exit status as a subprocess's: 0, the `SystemExit` code, 1 for an uncaught error, -N for signal N. Raises
+    `ConfigError` when the kit's sources changed since the first call (see the module's docstring)."""
+    check_kit_unchanged()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    process = context.Process(target=_run_in_child, args=(call, str(log_file)))
+    process.start()
+    process.join()
+    return process.exitcode
