@@ -30,7 +30,7 @@ def test_shipped_matrices_build(name):
     assert "scratch" in matrix.methods
     if name != "demo.yaml":  # the demo is one seed; the benchmarks compare over seeds (and budgets, but for the
         assert len(matrix.seeds) >= 2  # reference headline, whose budget sweep is in the extended matrix)
-        assert len(matrix.budgets) >= 2 or name in ("reference.yaml", "reference-gpu.yaml")
+        assert len(matrix.budgets) >= 2 or name in ("reference.yaml", "reference-gpu.yaml", "reference-design.yaml")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "bench").glob("*.yaml")))
@@ -53,6 +53,10 @@ def test_the_reference_matrices_are_the_issues_design():
     extended = load_matrix(REPO / "configs" / "bench" / "reference-extended.yaml", root=REPO)
     assert {"xpert_target_init", "norm_matched_scratch", "domain_code", "domain_law"} <= set(extended.methods)
     assert len(extended.budgets) == 3 and len(extended.scales) == 2
+    design = load_matrix(REPO / "configs" / "bench" / "reference-design.yaml", root=REPO)
+    assert design.out_dir == headline.out_dir and design.lr_sweep == headline.lr_sweep  # same runs, 2 more methods
+    assert set(design.methods) - set(headline.methods) == {"xpert_target_init", "aligned_xpert"}
+    assert set(headline.cells()) < set(design.cells()) and len(design.cells()) == 50
 
 
 def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_training_stage(tiny_data_root):

@@ -150,8 +150,40 @@ def test_a_staged_control_bank_gives_the_same_student_and_another_bank_is_refuse
         RareExpertsInit(*args, consolidator=FAST, bank=str(tmp_path / "bank")),
         RandomExpertsInit(*args, seed=1, bank=str(tmp_path / "bank")),
     ):  # other Tucker settings
-        with pytest.raises(ConfigError, match="another selection or other Tucker settings"):
+        with pytest.raises(ConfigError, match="another selection, other Tucker settings or another neuron alignment"):
             other.preflight()
+
+
+def test_aligned_xpert_is_xpert_on_an_aligned_bank_of_the_same_selection(
+    tiny_source_dir, tiny_analysis_dir, vocab, tmp_path
+):
+    from xpert_pl.bank import extract_bank
+    from xpert_pl.errors import ConfigError
+    from xpert_pl.initializers import AlignedXpertInit
+
+    args = (str(tiny_source_dir), str(tiny_analysis_dir))
+    selection = json.loads((tiny_analysis_dir / "selection.json").read_text())
+    source = load_causal_lm(tiny_source_dir)
+    for align in (True, False):  # XPERT's banks of the analysis's own selection, with and without alignment
+        bank = extract_bank(source, selection, FAST, {"model": args[0]}, progress=False, align_neurons=align)
+        bank.save(tmp_path / f"bank-{align}")
+    aligned_init = AlignedXpertInit(*args, consolidator=FAST)
+    built = aligned_init.build_bank().manifest
+    assert [layer["experts"] for layer in built["selection"]["layers"]] == [x["experts"] for x in selection["layers"]]
+    correlation = built["align_neurons"]["correlation"]
+    assert all(c["after"] >= c["correlation_before"] for c in correlation.values()), correlation
+    aligned, on_bank, unaligned = student(vocab), student(vocab), student(vocab)
+    report = aligned_init.initialize(aligned)
+    XpertInit(str(tmp_path / "bank-True")).initialize(on_bank)
+    XpertInit(str(tmp_path / "bank-False")).initialize(unaligned)
+    for j in range(2):
+        for m, tensor in weights(on_bank, j).items():  # the bank is saved as float32 factors of a float64 HOOI
+            torch.testing.assert_close(weights(aligned, j)[m], tensor, rtol=1e-5, atol=1e-6, msg=f"layer {j} {m}")
+    assert any(not torch.allclose(weights(aligned, j)["up"], weights(unaligned, j)["up"], atol=1e-4) for j in range(2))
+    assert report.details["selection"]["layers"] == built["selection"]["layers"]
+    with pytest.raises(ConfigError, match="another neuron alignment"):  # XPERT's unaligned bank is not this method's
+        AlignedXpertInit(*args, consolidator=FAST, bank=str(tmp_path / "bank-False")).preflight()
+    AlignedXpertInit(*args, consolidator=FAST, bank=str(tmp_path / "bank-True")).preflight()
 
 
 def test_single_domain_experts_are_that_domains_specialists(tiny_source_dir, tiny_analysis_dir, vocab):

@@ -10,6 +10,7 @@ from xpert_pl.adaptation import SourceFFN, UnsupportedStudentError
 from xpert_pl.initializers.base import Initializer, InitReport
 from xpert_pl.initializers.peers import LinearExpansionInit, WeightSelectionInit
 from xpert_pl.initializers.referee import (
+    AlignedXpertInit,
     FullExpertsInit,
     RandomExpertsInit,
     RareExpertsInit,
@@ -28,6 +29,7 @@ from xpert_pl.initializers.transfer import FFNTransfer, FFNTransferInit
 from xpert_pl.initializers.xpert import XpertInit
 
 __all__ = [
+    "AlignedXpertInit",
     "FFNTransfer",
     "FFNTransferInit",
     "FullExpertsInit",

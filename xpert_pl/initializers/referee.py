@@ -3,6 +3,8 @@
 - `RandomExpertsInit`, `RareExpertsInit`, `SingleDomainExpertsInit`: XPERT's Tucker bank built from another
   expert selection (a seeded random subset, the least frequent experts, or one domain's most used: the paper's
   Figure 5) of the same size n.
+- `AlignedXpertInit`: XPERT's own selection, each expert's intermediate neurons aligned to one reference expert
+  before stacking (Hungarian matching on weight correlations, `xpert_pl.bank.align`).
 - `FullExpertsInit`: XPERT's experts, no decomposition: their weighted average.
 - `SingleExpertInit`: the single most frequently routed expert of each layer, as it is.
 
@@ -49,6 +51,8 @@ class ReselectedBankInit(FFNTransferInit):
         "analysis": Artifact.ANALYSIS,
         "bank": Artifact.CONTROL_BANK,
     }
+    align_neurons: ClassVar[bool] = False
+    """Whether the bank's experts have their intermediate neurons aligned before stacking (`extract_bank`)."""
 
     def __init__(
         self,
@@ -93,7 +97,10 @@ class ReselectedBankInit(FFNTransferInit):
         as a stage, and hands the bank to every cell as `bank`)."""
         selection = self.selection()  # a missing analysis is named before the source is opened
         source = analysis_source(self.analysis, self.source, self.trust_remote_code)
-        return extract_bank(source, selection, self.consolidator, {"model": str(self.source)}, progress=False)
+        description = {"model": str(self.source)}
+        return extract_bank(
+            source, selection, self.consolidator, description, progress=False, align_neurons=self.align_neurons
+        )
 
     def staged_bank(self) -> KnowledgeBank:
         """The bank at `bank`, refused unless it holds exactly this control's selection and Tucker settings;
@@ -104,11 +111,13 @@ class ReselectedBankInit(FFNTransferInit):
         made = bank.manifest.get("selection", {})
         chosen = [(layer["layer"], layer["experts"]) for layer in made.get("layers", [])]
         wanted = [(layer["layer"], layer["experts"]) for layer in expected["layers"]]
-        if chosen != wanted or bank.manifest.get("tucker") != self.consolidator.describe():
+        settings = (bank.manifest.get("tucker"), bool(bank.manifest.get("align_neurons")))
+        if chosen != wanted or settings != (self.consolidator.describe(), self.align_neurons):
             raise ConfigError(
                 [
-                    f"{type(self).__name__}: the bank at {self.bank} was built from another selection or other Tucker "
-                    "settings than this control's; drop `bank` (the control builds its own) or rebuild it"
+                    f"{type(self).__name__}: the bank at {self.bank} was built from another selection, other Tucker "
+                    "settings or another neuron alignment than this control's; drop `bank` (the control builds its "
+                    "own) or rebuild it"
                 ]
             )
         self._staged = bank
@@ -230,6 +239,45 @@ class SingleDomainExpertsInit(ReselectedBankInit):
             problem = f"domain '{self.domain}' was not analysed (the analysis has: {', '.join(counts.domains)})"
             raise ConfigError([f"{type(self).__name__}: {problem}; pick one of them"])
         super().preflight()
+
+
+class AlignedXpertInit(ReselectedBankInit):
+    """XPERT with each selected expert's intermediate neurons permuted onto the layer's most heavily weighted expert
+    before stacking (one Hungarian matching per expert on weight correlations, `xpert_pl.bank.align`): stacking and
+    averaging unaligned experts mixes unrelated units. Otherwise XPERT: its own selection, Tucker settings, collapse
+    and adaptation; the bank's manifest records the alignment and the mean matched correlation before and after."""
+
+    align_neurons: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        source: str,
+        analysis: str,
+        consolidator: TuckerConsolidator | None = None,
+        collapse: Collapse = "frequency",
+        transfer: FFNTransfer = FFNTransfer(),
+        trust_remote_code: bool = False,
+        bank: str | None = None,
+    ):
+        """
+        Args:
+            source: the source MoE (local HF directory, read by key, or a hub id when online).
+            analysis: directory written by `xpert analyze` (its selection is the one aligned and decomposed).
+            consolidator: Tucker settings (None: the defaults of `xpert extract`); give XPERT's bank's settings.
+            collapse: expert weights of the collapse: `frequency` (XPERT's) or `uniform`.
+            transfer: the adaptation to the student, as `XpertInit.transfer`.
+            trust_remote_code: allow the source's own Python code to run when it has to be loaded.
+            bank: this method's aligned bank, already built (by `xpert bench run`, once for every cell); it must hold
+                XPERT's selection, aligned. None: built here, in memory.
+        """
+        super().__init__(source, analysis, None, consolidator, collapse, transfer, trust_remote_code, bank)
+
+    def selection(self) -> dict[str, Any]:
+        """XPERT's own selection, as `xpert analyze` wrote it."""
+        return load_analysis(self.analysis)[1].to_dict()
+
+    def selector(self, n: int) -> ExpertSelector:
+        raise NotImplementedError("AlignedXpertInit keeps the analysis's own selection (see `selection`)")
 
 
 class FullExpertsInit(FFNTransferInit):
