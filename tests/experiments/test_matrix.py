@@ -84,15 +84,18 @@ def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_traini
     assert source[1]["trainer"]["accelerator"] == "gpu" and source[0]["trainer"]["accelerator"] == "cpu"
 
 
-def test_a_run_of_an_extending_matrix_records_the_resolved_matrix(tmp_path):
+def test_a_run_of_an_extending_matrix_records_the_resolved_matrix(tmp_path, monkeypatch):
     from xpert_pl.experiments.runner import MatrixRunner
 
+    monkeypatch.chdir(REPO)
     gpu_file = REPO / "configs" / "bench" / "reference-gpu.yaml"
     matrix = load_matrix(gpu_file, root=REPO)
     matrix.out_dir = tmp_path / "bench"
     matrix.out_dir.mkdir()
     MatrixRunner(matrix).write_matrix_record(gpu_file)
     assert (matrix.out_dir / "matrix.extends.yaml").read_text() == gpu_file.read_text()
+    header = (matrix.out_dir / "matrix.yaml").read_text().splitlines()[0]  # no machine's path in a committed record
+    assert header == "# configs/bench/reference-gpu.yaml resolved: the matrix it extends, with its own keys laid over"
     recorded = yaml.safe_load((matrix.out_dir / "matrix.yaml").read_text())
     assert "extends" not in recorded and recorded["training_overlay"] == ["configs/gpu/single-bf16.yaml"]
     assert recorded["out_dir"] == "runs/bench-reference-gpu" and len(recorded["methods"]) == 8

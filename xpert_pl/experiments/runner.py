@@ -280,7 +280,8 @@ class MatrixRunner:
         import yaml
 
         shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.extends.yaml")
-        header = f"# {matrix_file} resolved: the matrix it extends, with its own keys laid over\n"
+        shown = matrix_file.relative_to(Path.cwd()) if matrix_file.is_relative_to(Path.cwd()) else matrix_file
+        header = f"# {shown} resolved: the matrix it extends, with its own keys laid over\n"
         record.write_text(header + yaml.safe_dump(self.matrix.spec, sort_keys=False))
 
     def config_problems(self) -> list[str]:
