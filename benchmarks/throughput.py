@@ -85,20 +85,25 @@ def lightning_fit(preset: str, batches: list[dict[str, torch.Tensor]], warmup: i
     torch.manual_seed(0)
     module = CausalLMModule(DenseStudent(preset), vocab_size=VOCAB, **HPARAMS)
     clock = _StepClock(warmup)
-    trainer = L.Trainer(
+    cpu_trainer(len(batches), log_dir, [clock]).fit(module, DataLoader(batches, batch_size=None))
+    return _rate(batches[warmup:], clock.end - clock.start)
+
+
+def cpu_trainer(max_steps: int, log_dir: Path, callbacks: list[L.Callback], precision: str = "32-true") -> L.Trainer:
+    """A CPU Trainer as `xpert fit` configures it (clipping, CSV logger), without checkpoints or progress bars."""
+    return L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_steps=len(batches),
+        precision=precision,
+        max_steps=max_steps,
         gradient_clip_val=1.0,
         log_every_n_steps=10,
         logger=L.pytorch.loggers.CSVLogger(log_dir, name="", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[clock],
+        callbacks=callbacks,
     )
-    trainer.fit(module, DataLoader(batches, batch_size=None))
-    return _rate(batches[warmup:], clock.end - clock.start)
 
 
 def _rate(batches: list[dict[str, torch.Tensor]], seconds: float) -> float:
