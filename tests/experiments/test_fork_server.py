@@ -18,23 +18,29 @@ def test_a_forked_call_logs_its_output_and_returns_the_exit_status(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_kit_sources_hash_every_python_file_by_content(tmp_path):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "a.py").write_text("x = 1\n")
-    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
-    (tmp_path / "notes.txt").write_text("not code")
-    before = kit_sources([tmp_path])
-    assert sorted(before) == [str(tmp_path / "a.py"), str(tmp_path / "sub" / "b.py")]
-    (tmp_path / "a.py").write_text("x = 1\n")  # rewritten, same content: not a change
-    assert kit_sources([tmp_path]) == before
-    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
-    assert kit_sources([tmp_path])[str(tmp_path / "sub" / "b.py")] != before[str(tmp_path / "sub" / "b.py")]
+def test_kit_sources_hash_the_python_files_cells_may_import_by_content(tmp_path):
+    kit = tmp_path / "kit"
+    for folder in ("sub", "report"):
+        (kit / folder).mkdir(parents=True)
+    (kit / "a.py").write_text("x = 1\n")
+    (kit / "sub" / "b.py").write_text("y = 2\n")
+    (kit / "notes.txt").write_text("not code")
+    (kit / "report" / "tables.py").write_text("no cell imports the report")
+    (kit / ".#a.py").symlink_to(kit / "missing")  # an editor's lock file: hidden, and dangling
+    before = kit_sources([kit])
+    assert sorted(before) == ["kit/a.py", "kit/sub/b.py"]
+    (kit / "a.py").write_text("x = 1\n")  # rewritten, same content: not a change
+    (kit / "report" / "tables.py").write_text("edited while a bench runs")
+    assert kit_sources([kit]) == before
+    (kit / "sub" / "b.py").write_text("y = 3\n")
+    assert kit_sources([kit])["kit/sub/b.py"] != before["kit/sub/b.py"]
 
 
 def test_the_installed_kit_is_fingerprinted_with_its_callbacks():
     files = kit_sources()
-    assert any(f.endswith("experiments/fork_server.py") for f in files)
-    assert any(f.endswith("callbacks/__init__.py") for f in files)
+    assert "xpert_pl/experiments/fork_server.py" in files and "xpert_pl/training/module.py" in files
+    assert any(f.endswith("/__init__.py") and "callbacks" in f for f in files)
+    assert not any(f.startswith("xpert_pl/report/") for f in files)
 
 
 def test_a_changed_added_or_removed_source_file_stops_further_cells(monkeypatch):
@@ -49,7 +55,7 @@ def test_a_changed_added_or_removed_source_file_stops_further_cells(monkeypatch)
     with pytest.raises(ConfigError) as error:
         check_kit_unchanged()
     message = str(error.value)
-    assert "(kit/a.py, kit/b.py, kit/new.py)" in message and "run `xpert bench run` again" in message
+    assert "(kit/a.py, kit/b.py, kit/new.py)" in message and "no further cell was started" in message
 
 
 def test_run_forked_refuses_before_forking_when_the_kit_changed(tmp_path, monkeypatch):
@@ -60,3 +66,29 @@ def test_run_forked_refuses_before_forking_when_the_kit_changed(tmp_path, monkey
     with pytest.raises(ConfigError, match="changed while this bench ran"):
         run_forked(FitCall({"trainer": {"max_steps": 0}}, tmp_path / "run"), log_file)
     assert not log_file.parent.exists()
+
+
+def test_a_bench_records_its_kit_before_the_shared_stages_and_refuses_cells_after_a_change(
+    tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir, monkeypatch
+):
+    from test_runner import REPO, FakeLauncher, write_matrix
+
+    from xpert_pl.experiments.matrix import load_matrix
+    from xpert_pl.experiments.runner import MatrixRunner
+
+    sources = {"xpert_pl/a.py": "1"}
+    monkeypatch.setattr(fork_server, "_server_sources", None)
+    monkeypatch.setattr(fork_server, "kit_sources", lambda: dict(sources))
+    path = write_matrix(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir, ["scratch"])
+    fake = FakeLauncher()
+
+    def launch(call, log_file):  # run_forked's check, then a fake fork
+        check_kit_unchanged()
+        return fake(call, log_file)
+
+    runner = MatrixRunner(load_matrix(path, root=REPO), launch=launch)
+    shared = runner.run_shared
+    monkeypatch.setattr(runner, "run_shared", lambda: (sources.update({"xpert_pl/a.py": "2"}), shared())[1])
+    with pytest.raises(ConfigError, match=r"changed while this bench ran \(xpert_pl/a.py\)"):
+        runner.run()  # edited during the shared stages, before any cell: recorded at the bench's start
+    assert fake.calls == []

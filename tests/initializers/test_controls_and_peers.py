@@ -150,7 +150,7 @@ def test_a_staged_control_bank_gives_the_same_student_and_another_bank_is_refuse
         RareExpertsInit(*args, consolidator=FAST, bank=str(tmp_path / "bank")),
         RandomExpertsInit(*args, seed=1, bank=str(tmp_path / "bank")),
     ):  # other Tucker settings
-        with pytest.raises(ConfigError, match="another selection, other Tucker settings or another neuron alignment"):
+        with pytest.raises(ConfigError, match="another selection, other Tucker settings, another neuron alignment"):
             other.preflight()
 
 
@@ -167,6 +167,8 @@ def test_aligned_xpert_is_xpert_on_an_aligned_bank_of_the_same_selection(
     for align in (True, False):  # XPERT's banks of the analysis's own selection, with and without alignment
         bank = extract_bank(source, selection, FAST, {"model": args[0]}, progress=False, align_neurons=align)
         bank.save(tmp_path / f"bank-{align}")
+    grouped = extract_bank(source, selection, FAST, {"model": args[0]}, False, group_layers=2, align_neurons=True)
+    grouped.save(tmp_path / "bank-grouped")
     aligned_init = AlignedXpertInit(*args, consolidator=FAST)
     built = aligned_init.build_bank().manifest
     assert [layer["experts"] for layer in built["selection"]["layers"]] == [x["experts"] for x in selection["layers"]]
@@ -183,6 +185,8 @@ def test_aligned_xpert_is_xpert_on_an_aligned_bank_of_the_same_selection(
     assert report.details["selection"]["layers"] == built["selection"]["layers"]
     with pytest.raises(ConfigError, match="another neuron alignment"):  # XPERT's unaligned bank is not this method's
         AlignedXpertInit(*args, consolidator=FAST, bank=str(tmp_path / "bank-False")).preflight()
+    with pytest.raises(ConfigError, match="or grouped layers"):
+        AlignedXpertInit(*args, consolidator=FAST, bank=str(tmp_path / "bank-grouped")).preflight()
     AlignedXpertInit(*args, consolidator=FAST, bank=str(tmp_path / "bank-True")).preflight()
 
 

@@ -4,14 +4,17 @@ On a 2-core VM a new interpreter spends 10-20 s importing Lightning and transfor
 would otherwise pay again; multiprocessing's forkserver imports `PRELOAD` once and forks each cell from it. A cell
 process still imports, from disk, any kit module the server had not (its call's own module first). So if the kit's
 sources change while a bench runs (an edit, a `git pull`), a cell would mix the server's old modules with new ones:
-it fails on a missing name, or runs a mixture of two versions. `run_forked` records the kit's sources when it first
-starts a cell and refuses to fork another once they differ.
+it fails on a missing name, or runs a mixture of two versions. `check_kit_unchanged` records the kit's sources when
+a bench starts (before its shared stages, whose artifacts the cells read) and `run_forked` refuses to fork a cell once
+they differ. The report package is left out: no cell imports it, and reading partial results while a bench runs is
+normal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import multiprocessing
 import os
 import sys
@@ -19,6 +22,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from xpert_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Imported once by the fork server, so each cell process starts with them loaded.
 PRELOAD = [
@@ -29,21 +34,35 @@ PRELOAD = [
     "xpert_pl.initializers",
     "xpert_pl.callbacks",
 ]
+NOT_CELL_CODE = ("report",)
+"""Subpackages of `xpert_pl` no cell imports (the import-linter layers put them above the bench runner)."""
 _server_sources: dict[str, str] | None = None
-"""`kit_sources()` when this process forked its first cell; the fork server lives as long as the process."""
+"""`kit_sources()` when this process started its bench; the fork server lives as long as the process."""
 
 
 def kit_sources(roots: Iterable[Path] | None = None) -> dict[str, str]:
-    """SHA-256 of every `.py` file of the kit (`xpert_pl` and `xpert_pl.callbacks`, wherever installed), by path."""
+    """SHA-256 of every `.py` file the kit's cells may import (`xpert_pl` but `NOT_CELL_CODE`, and
+    `xpert_pl.callbacks`, wherever installed), by path relative to the folder above its package. Editors' hidden files
+    (`.#x.py` locks) are skipped; a file that vanishes while it is read counts as removed."""
     if roots is None:
         specs = [importlib.util.find_spec(name) for name in ("xpert_pl", "xpert_pl.callbacks")]
         roots = [Path(p) for spec in specs for p in spec.submodule_search_locations]
-    files = sorted(f for root in roots for f in Path(root).rglob("*.py"))
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    hashes = {}
+    for root in map(Path, roots):
+        for file in sorted(root.rglob("*.py")):
+            relative = file.relative_to(root)
+            if relative.parts[0] in NOT_CELL_CODE or any(part.startswith(".") for part in relative.parts):
+                continue
+            try:
+                hashes[str(root.name / relative)] = hashlib.sha256(file.read_bytes()).hexdigest()
+            except OSError:
+                continue
+    return hashes
 
 
 def check_kit_unchanged() -> None:
-    """Record the kit's sources on the first call; on later calls raise `ConfigError` if they changed since."""
+    """Record the kit's sources on the first call (a bench's start); on later calls (each cell) raise `ConfigError`
+    if they changed since."""
     global _server_sources
     now = kit_sources()
     if _server_sources is None:
@@ -52,13 +71,14 @@ def check_kit_unchanged() -> None:
     changed = sorted({f for f in now.keys() | _server_sources.keys() if now.get(f) != _server_sources.get(f)})
     if changed:
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise ConfigError(
-            [
-                f"the kit's source files changed while this bench ran ({shown}): a cell forked now would mix the "
-                "kit it started with and the new one. Stop it and run `xpert bench run` again; it resumes where it "
-                "stopped (finished cells are kept, interrupted ones resume from their checkpoints)"
-            ]
+        problem = (
+            f"the kit's source files changed while this bench ran ({shown}): a cell started now would mix the kit "
+            "this bench started with and the new one, so no further cell was started. Run the same `xpert bench run` "
+            "command again (a new process, on the new kit): it resumes where this one stopped (finished cells are "
+            "kept, interrupted ones resume from their checkpoints)"
         )
+        log.error("[bench] %s", problem)
+        raise ConfigError([problem])
 
 
 def _run_in_child(call: Callable[[], None], log_file: str) -> None:

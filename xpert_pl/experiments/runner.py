@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
 from xpert_pl.errors import ConfigError, raise_if_problems
-from xpert_pl.experiments.fork_server import run_forked
+from xpert_pl.experiments.fork_server import check_kit_unchanged, run_forked
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, Stage, load_matrix, shipped_or_local
 from xpert_pl.experiments.stages import CachedStages, validation_interval
 from xpert_pl.layout import (
@@ -280,8 +280,7 @@ class MatrixRunner:
         import yaml
 
         shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.extends.yaml")
-        shown = matrix_file.relative_to(Path.cwd()) if matrix_file.is_relative_to(Path.cwd()) else matrix_file
-        header = f"# {shown} resolved: the matrix it extends, with its own keys laid over\n"
+        header = f"# {_shown_path(matrix_file)} resolved: the matrix it extends, with its own keys laid over\n"
         record.write_text(header + yaml.safe_dump(self.matrix.spec, sort_keys=False))
 
     def config_problems(self) -> list[str]:
@@ -307,6 +306,7 @@ class MatrixRunner:
         # A runs folder accumulates (reruns resume it): it must be one the kit made for a matrix, or new.
         problem = replace_problem(self.matrix.out_dir, "bench", "the matrix's out_dir")
         raise_if_problems([problem, *self.config_problems()] if problem else self.config_problems())
+        check_kit_unchanged()  # the kit this bench runs on: its cells are refused if it changes under them
         self.matrix.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.matrix.out_dir / ARTIFACT_FILE, {"kind": "bench", "version": 1})
         if matrix_file is not None:
@@ -329,6 +329,17 @@ class MatrixRunner:
 def stage_base(stage: Stage) -> Config:
     """A stage's own configuration: its config files merged in order, then its overrides."""
     return merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
+
+
+def _shown_path(path: Path) -> Path:
+    """`path` as a committed record may show it: relative to the working directory, or for a shipped config
+    `configs/...`; otherwise as given."""
+    from xpert_pl.paths import config_dir
+
+    for base, prefix in ((Path.cwd(), Path()), (config_dir(), Path("configs"))):
+        if path.is_absolute() and path.is_relative_to(base):
+            return prefix / path.relative_to(base)
+    return path
 
 
 def _describe(cell: Cell) -> dict[str, Any]:

@@ -44,7 +44,8 @@ from xpert_pl.layout import Artifact
 
 
 class ReselectedBankInit(FFNTransferInit):
-    """XPERT's Tucker bank, built in memory from the source and its routing counts with another selector."""
+    """XPERT's Tucker bank, built in memory from the source and its routing counts with another selector (or, for
+    `AlignedXpertInit`, XPERT's own selection with its experts' neurons aligned)."""
 
     artifacts: ClassVar[dict[str, Artifact]] = {
         "source": Artifact.SOURCE,
@@ -103,21 +104,22 @@ class ReselectedBankInit(FFNTransferInit):
         )
 
     def staged_bank(self) -> KnowledgeBank:
-        """The bank at `bank`, refused unless it holds exactly this control's selection and Tucker settings;
-        loaded (and checked) on first use, as `XpertInit.load_bank`."""
+        """The bank at `bank`, refused unless it holds exactly this control's selection, Tucker settings and neuron
+        alignment, one bank layer per source layer; loaded (and checked) on first use, as `XpertInit.load_bank`."""
         if self._staged is not None:
             return self._staged
         bank, expected = KnowledgeBank.load(self.bank), self.selection()
         made = bank.manifest.get("selection", {})
         chosen = [(layer["layer"], layer["experts"]) for layer in made.get("layers", [])]
         wanted = [(layer["layer"], layer["experts"]) for layer in expected["layers"]]
-        settings = (bank.manifest.get("tucker"), bool(bank.manifest.get("align_neurons")))
-        if chosen != wanted or settings != (self.consolidator.describe(), self.align_neurons):
+        manifest = bank.manifest
+        made_with = (manifest.get("tucker"), bool(manifest.get("align_neurons")), manifest.get("grouping"))
+        if chosen != wanted or made_with != (self.consolidator.describe(), self.align_neurons, None):
             raise ConfigError(
                 [
                     f"{type(self).__name__}: the bank at {self.bank} was built from another selection, other Tucker "
-                    "settings or another neuron alignment than this control's; drop `bank` (the control builds its "
-                    "own) or rebuild it"
+                    "settings, another neuron alignment or grouped layers than this control's; drop `bank` (the "
+                    "control builds its own) or rebuild it"
                 ]
             )
         self._staged = bank
