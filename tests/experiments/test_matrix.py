@@ -55,8 +55,8 @@ def test_the_reference_matrices_are_the_issues_design():
     assert len(extended.budgets) == 3 and len(extended.scales) == 2
     design = load_matrix(REPO / "configs" / "bench" / "reference-design.yaml", root=REPO)
     assert design.out_dir == headline.out_dir and design.lr_sweep == headline.lr_sweep  # same runs, 2 more methods
-    assert set(design.methods) - set(headline.methods) == {"xpert_target_init", "aligned_xpert"}
-    assert set(headline.cells()) < set(design.cells()) and len(design.cells()) == 50
+    assert set(design.methods) - set(headline.methods) == {"xpert_target_init", "aligned_xpert", "domain_code"}
+    assert set(headline.cells()) < set(design.cells()) and len(design.cells()) == 55
 
 
 def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_training_stage(tiny_data_root):
