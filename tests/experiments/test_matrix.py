@@ -57,6 +57,12 @@ def test_the_reference_matrices_are_the_issues_design():
     assert design.out_dir == headline.out_dir and design.lr_sweep == headline.lr_sweep  # same runs, 2 more methods
     assert set(design.methods) - set(headline.methods) == {"xpert_target_init", "aligned_xpert", "domain_code"}
     assert set(headline.cells()) < set(design.cells()) and len(design.cells()) == 55
+    budgets = load_matrix(REPO / "configs" / "bench" / "reference-budgets.yaml", root=REPO)
+    assert budgets.out_dir != headline.out_dir and budgets.source_hf == Path("runs/bench-reference/shared/source/hf")
+    assert sorted(steps * 32 * 128 for steps in budgets.budgets.values()) == [1_003_520, 2_007_040, 4_014_080]
+    assert budgets.budgets["long"] == headline.budgets["long"] and budgets.sweep_methods == ["scratch", "xpert"]
+    assert len(budgets.cells()) == 3 * 2 * 3 and budgets.lr_sweep is None and budgets.sft is None
+    assert budgets.scales["2l"].overrides == {"model.learning_rate": 3.0e-3}  # the reference sweep's chosen rate
 
 
 def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_training_stage(tiny_data_root):
@@ -102,8 +108,7 @@ def test_a_run_of_an_extending_matrix_records_the_resolved_matrix(tmp_path, monk
     assert len(_expected_cells(recorded)) == len(matrix.cells())  # what the report lists as expected
     plain = REPO / "configs" / "bench" / "reference.yaml"
     matrix = load_matrix(plain, root=REPO)
-    matrix.out_dir = tmp_path / "plain"
-    matrix.out_dir.mkdir()
+    matrix.out_dir = tmp_path / "bench"  # the plain matrix run later in the same folder: its record replaces both
     MatrixRunner(matrix).write_matrix_record(plain)
     assert (matrix.out_dir / "matrix.yaml").read_text() == plain.read_text()  # verbatim, comments included
     assert not (matrix.out_dir / "matrix.extends.yaml").exists()

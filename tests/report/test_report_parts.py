@@ -200,3 +200,34 @@ def test_the_verdict_says_which_of_xperts_verdicts_hold_after_adjustment():
     assert "Verdicts that hold after adjustment: `scratch`." in paragraph.text
     assert "could be chance among 4 tests): `random_experts`, `shuffled_xpert`." in paragraph.text
     assert multiplicity_sentences({"scratch": tests["scratch"]}, "2l/long") == []
+
+
+def test_a_folder_reusing_another_runs_source_reports_that_source(tmp_path):
+    import yaml
+
+    from xpert_pl.layout import RunLayout
+    from xpert_pl.report.render import Bullets
+    from xpert_pl.report.runs import load_runs
+    from xpert_pl.report.source import source_section
+
+    trained = tmp_path / "reference" / "shared" / "source"  # another bench's source run, exported under hf/
+    (trained / "hf").mkdir(parents=True)
+    (trained / "hf" / "config.json").write_text(json.dumps({"model_type": "olmoe", "num_experts": 16}))
+    config = {"trainer": {"max_steps": 40}, "data": {"init_args": {"batch_size": 4, "block_size": 8}}}
+    (trained / "config.yaml").write_text(yaml.safe_dump(config))
+    (trained / "metrics.csv").write_text("step,val/loss,val/loss/code\n39,3.25,3.5\n")
+    bench = tmp_path / "budgets"
+    (bench / "cells").mkdir(parents=True)
+    (bench / "matrix.yaml").write_text(yaml.safe_dump({"source": {"hf": str(trained / "hf")}, "budgets": {"a": 1}}))
+    blocks = source_section(load_runs(bench).layout)
+    items = next(b for b in blocks if isinstance(b, Bullets)).items
+    assert "`num_experts`: 16" in items and "tokens seen in training: 1,280 (0.00 M)" in items  # 40 x 4 x 8
+    table = next(b for b in blocks if isinstance(b, Table))
+    assert table.rows == [["all domains", "3.2500", "-"], ["code", "3.5000", "-"]]
+    assert any(isinstance(b, Paragraph) and f"read from `{trained}`" in b.text for b in blocks)
+    exported_only = tmp_path / "hf"  # a given source with no training run beside it: its loss is not known here
+    exported_only.mkdir()
+    (exported_only / "config.json").write_text(json.dumps({"model_type": "olmoe"}))
+    blocks = source_section(RunLayout(bench, exported_only))
+    assert not any(isinstance(b, Table) for b in blocks)
+    assert any(isinstance(b, Paragraph) and "its training run is not here" in b.text for b in blocks)

@@ -100,11 +100,14 @@ class RunsDir:
     absent: list[AbsentCell]
     matrix_text: str | None
     method_order: list[str]
+    source_hf: Path | None = None
+    """The source the matrix names (`source.hf`, as the bench resolved it: from the working directory); None: the
+    one this folder trained."""
 
     @property
     def layout(self) -> RunLayout:
         """Where this runs folder's artifacts are."""
-        return RunLayout(self.root)
+        return RunLayout(self.root, self.source_hf)
 
     def select(self, scale: str, budget: str, method: str) -> list[CellRun]:
         """The usable runs of a (scale, budget, method), by seed."""
@@ -167,7 +170,10 @@ def load_runs(runs_dir: str | Path) -> RunsDir:
     matrix = _parse_matrix(matrix_text)
     found = {(c.scale, c.budget, c.method, c.seed) for c in cells}
     absent = [a for a in _expected_cells(matrix) if (a.scale, a.budget, a.method, a.seed) not in found]
-    return RunsDir(root, cells, absent, matrix_text, [str(m) for m in matrix.get("methods") or {}])
+    source = matrix.get("source")
+    given = source.get("hf") if isinstance(source, dict) else None
+    source_hf = Path(given) if isinstance(given, str) and given else None
+    return RunsDir(root, cells, absent, matrix_text, [str(m) for m in matrix.get("methods") or {}], source_hf)
 
 
 def read_cell(path: Path) -> CellRun:

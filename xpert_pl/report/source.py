@@ -33,11 +33,14 @@ def source_section(layout: RunLayout) -> list[Block]:
     if not config:
         return []
     items = [f"`{k}`: {config[k]}" for k in SOURCE_FIELDS if config.get(k) is not None]
-    tokens = tokens_seen(layout.source_run)
+    run = source_run(layout)
+    tokens = tokens_seen(run)
     if tokens is not None:
         items.append(f"tokens seen in training: {tokens:,} ({tokens / 1e6:.2f} M)")
     blocks: list[Block] = [Heading(2, "Source MoE"), Bullets(items)]
-    final = final_validation(layout.source_run / METRICS_FILE)
+    if run != layout.source_run:
+        blocks.append(Paragraph(f"The source was given (`{layout.source_hf}`): its training run is read from `{run}`."))
+    final = final_validation(run / METRICS_FILE)
     if final:
         unigram = (read_json_or_none(layout.unigram) or {}).get("loss", {})
         rows = []
@@ -52,16 +55,25 @@ def source_section(layout: RunLayout) -> list[Block]:
             ),
             Table(["domain", "source", "unigram"], rows, (False, True, True)),
         ]
-    elif layout.source_hf != layout.source_run / HF_DIR:
+    elif run == layout.source_run and layout.source_hf != layout.source_run / HF_DIR:
         blocks.append(Paragraph(f"The source was given (`{layout.source_hf}`): its training run is not here."))
     return blocks
 
 
+def source_run(layout: RunLayout) -> Path:
+    """The source's training run: this folder's, or for a given source that a kit run exported (`<run>/hf`, e.g.
+    another bench's `shared/source/hf`), that run, so a folder reusing a source still reports what it was."""
+    given = layout.source_hf_given
+    if given is not None and given.name == HF_DIR and (given.parent / METRICS_FILE).is_file():
+        return given.parent
+    return layout.source_run
+
+
 def source_beside_students(analysis: RunComparison, figures: Path) -> list[Block]:
     """The source's validation curve beside scratch's and XPERT's at each scale's largest budget, against tokens."""
-    layout = analysis.runs.layout
-    per_step = tokens_per_step(run_config(layout.source_run)) if (layout.source_run / HF_DIR).is_dir() else None
-    steps, losses = curve(read_metrics_csv(layout.source_run / METRICS_FILE), VAL_LOSS) if per_step else ([], [])
+    run = source_run(analysis.runs.layout)
+    per_step = tokens_per_step(run_config(run)) if (run / HF_DIR).is_dir() else None
+    steps, losses = curve(read_metrics_csv(run / METRICS_FILE), VAL_LOSS) if per_step else ([], [])
     blocks: list[Block] = []
     for scale, budget in analysis.headline_groups() if steps else []:
         students = {}
