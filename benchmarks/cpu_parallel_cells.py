@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_parallel_cells.json"
 
@@ -51,16 +52,18 @@ def run_cells(args: argparse.Namespace, cells: int, threads: int) -> float:
     command = [sys.executable, __file__, "--worker", "--threads", str(threads)]
     command += [f"--{k}={getattr(args, k)}" for k in ("preset", "steps", "warmup", "batch", "length")]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    quiet = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL, "env": env}
-    procs = [subprocess.Popen(command, **quiet) for _ in range(cells)]
-    spans = [json.loads(p.communicate()[0].decode().strip().splitlines()[-1]) for p in procs]
-    if any(p.returncode for p in procs):
-        raise SystemExit(f"a worker failed: exit statuses {[p.returncode for p in procs]}")
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(cells)]
+    outputs = [p.communicate() for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        if p.returncode:
+            raise SystemExit(f"a worker failed (exit status {p.returncode}):\n{err.decode()[-2000:]}")
+    spans = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
     wall = max(s["end"] for s in spans) - min(s["start"] for s in spans)
     return sum(s["tokens"] for s in spans) / wall
 
 
-def measure(args: argparse.Namespace, cores: int) -> dict:
+def measure(args: argparse.Namespace, cores: int) -> dict[str, Any]:
+    """Each round: one cell with `cores` threads, then `cores` 1-thread cells together; medians and their ratio."""
     arrangements = {f"1 cell x {cores} threads": (1, cores), f"{cores} cells x 1 thread": (cores, 1)}
     rates: dict[str, list[float]] = {name: [] for name in arrangements}
     for round_ in range(args.rounds):

@@ -100,6 +100,15 @@ def config_dir() -> Path:
     return installed if installed.is_dir() else here.parent / "configs"
 
 
+def shown_path(path: Path) -> Path:
+    """`path` as a committed record may show it: relative to the working directory, or for a shipped config
+    `configs/...`; otherwise as given."""
+    for base, prefix in ((Path.cwd(), Path()), (config_dir(), Path("configs"))):
+        if path.is_absolute() and path.is_relative_to(base):
+            return prefix / path.relative_to(base)
+    return path
+
+
 def shipped_configs(root: Path | None = None) -> list[tuple[str, str]]:
     """(path relative to the configs folder, first comment line) of every config YAML, sorted by path."""
     root = root or config_dir()

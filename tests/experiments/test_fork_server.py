@@ -94,39 +94,40 @@ def test_a_bench_records_its_kit_before_the_shared_stages_and_refuses_cells_afte
     assert fake.calls == []
 
 
-def test_parallel_cells_share_out_the_cores_as_torch_threads(monkeypatch):
-    monkeypatch.setattr(fork_server.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    assert [cell_threads(jobs) for jobs in (1, 2, 3, 4, 8)] == [None, 2, 1, 1, 1]
+def test_parallel_cells_share_out_torchs_threads(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # torch's default here, or OMP_NUM_THREADS
+    assert [cell_threads(jobs) for jobs in (0, 1, 2, 3, 4, 8)] == [None, None, 2, 1, 1, 1]
 
 
 def test_a_forked_cell_runs_with_the_threads_it_was_given(tmp_path):
     import functools
 
+    import torch
+
     report = "import torch; print('threads in the call:', torch.get_num_threads())"
     call = functools.partial(exec, report, {})  # picklable by reference, as a cell's FitCall is
     log_file = tmp_path / "run.log"
-    assert run_forked(call, log_file, threads=1) == 0
+    default = torch.get_num_threads()
+    assert run_forked(call, log_file, threads=default + 1) == 0
     assert run_forked(call, log_file) == 0
     lines = log_file.read_text().splitlines()
-    assert lines[:2] == ["[bench] torch threads in this cell: 1", "threads in the call: 1"]
-    assert lines[2:] == [f"threads in the call: {torch_default_threads()}"]  # None: torch's own default
-
-
-def torch_default_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
+    given = default + 1
+    assert lines[:2] == [f"[bench] torch threads in this cell: {given}", f"threads in the call: {given}"]
+    assert lines[2:] == [f"threads in the call: {default}"]  # None: the server's default, not the last cell's
 
 
 def test_a_runner_of_parallel_cells_forks_them_with_a_share_of_the_cores(
     tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir, monkeypatch
 ):
+    import torch
     from test_runner import REPO, write_matrix
 
     from xpert_pl.experiments.matrix import load_matrix
     from xpert_pl.experiments.runner import MatrixRunner
 
-    monkeypatch.setattr(fork_server.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     matrix = load_matrix(write_matrix(tmp_path, tiny_data_root, tiny_tokenizer_dir, tiny_source_dir, ["scratch"]), REPO)
     one, two = MatrixRunner(matrix), MatrixRunner(matrix, jobs=2)
     assert one.launch.func is run_forked and one.launch.keywords == {"threads": None}

@@ -88,6 +88,29 @@ def test_the_sweep_chooses_scratchs_best_rate_for_every_cell(tmp_path, tiny_sour
     assert json.loads(runner.layout.wall_times.read_text()) == wall  # nothing ran: nothing added
 
 
+def test_parallel_jobs_train_the_sweep_runs_at_the_same_time(tmp_path, tiny_source_dir, monkeypatch):
+    import itertools
+    import threading
+
+    sweep = {"rates": [3e-4, 1e-3, 3e-3, 1e-2], "methods": ["scratch", "xpert"]}
+    launcher, both_running, started = SweepLauncher(), threading.Barrier(2, timeout=60), itertools.count()
+
+    def launch(call: FitCall, log_file: Path) -> int:
+        if next(started) < 2:  # the first two runs wait for each other: they run side by side, or the barrier breaks
+            both_running.wait()
+        return launcher(call, log_file)
+
+    matrix = load_matrix(matrix_file(tmp_path, tiny_source_dir, sweep), root=REPO)
+    runner = MatrixRunner(matrix, jobs=2, launch=launch)
+    monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
+    monkeypatch.setattr(MatrixRunner, "config_problems", lambda self: [])
+    assert runner.run() == {"done": 4}
+    assert len(launcher.calls) == 10  # 8 sweep runs, then the 2 cells of seed 1
+    record = json.loads(runner.layout.lr_sweep.read_text())
+    assert record["chosen"] == 1e-3 and record["best"] == {"scratch": 1e-3, "xpert": 3e-3}
+    assert len(json.loads(runner.layout.wall_times.read_text())) == 8  # every run's seconds, none lost to a race
+
+
 def test_only_limits_the_cells_not_the_sweep(tmp_path, tiny_source_dir, monkeypatch, capsys):
     # `xpert bench run --only '[xpert]'` on a matrix with a sweep: the sweep still trains scratch (its best rate
     # is every cell's); it used to fail with KeyError 'scratch'.

@@ -225,6 +225,19 @@ def test_a_folder_reusing_another_runs_source_reports_that_source(tmp_path):
     table = next(b for b in blocks if isinstance(b, Table))
     assert table.rows == [["all domains", "3.2500", "-"], ["code", "3.5000", "-"]]
     assert any(isinstance(b, Paragraph) and f"read from `{trained}`" in b.text for b in blocks)
+    # A relative source.hf is taken from where the bench ran (the matrix's out_dir above the folder), not the cwd.
+    spec = {"out_dir": "work/budgets", "source": {"hf": "../reference/shared/source/hf"}, "budgets": {"a": 1}}
+    moved = tmp_path / "elsewhere" / "work" / "budgets"
+    (moved / "cells").mkdir(parents=True)
+    (moved / "matrix.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "elsewhere" / "reference").symlink_to(tmp_path / "reference")
+    blocks = source_section(load_runs(moved).layout)
+    assert next(b for b in blocks if isinstance(b, Table)).rows[0] == ["all domains", "3.2500", "-"]
+    (moved / "matrix.yaml").write_text(yaml.safe_dump(spec | {"source": {"hf": "org/moe"}}))  # a Hub id
+    assert [b.text for b in source_section(load_runs(moved).layout) if isinstance(b, Paragraph)] == [
+        "The source was given as `org/moe`, not a directory readable from here (a Hub id, or moved): its "
+        "architecture and losses are not shown."
+    ]
     exported_only = tmp_path / "hf"  # a given source with no training run beside it: its loss is not known here
     exported_only.mkdir()
     (exported_only / "config.json").write_text(json.dumps({"model_type": "olmoe"}))

@@ -82,16 +82,17 @@ def check_kit_unchanged() -> None:
 
 
 def cell_threads(jobs: int) -> int | None:
-    """Torch threads per cell when `jobs` cells train at once: the cores this process may use, shared out (at least
-    1); None for one cell at a time (torch's default, every core).
+    """Torch threads per cell when `jobs` cells train at once: this process's torch threads (its default, or
+    `OMP_NUM_THREADS`) shared out, at least 1; None for one cell at a time (that default).
 
     Two 1-thread cells beside each other train about 1.2x the tokens per second of one 2-thread cell on a 2-core CPU
     (`benchmarks/cpu_parallel_cells.py`): the tiny students' matrices are too small to keep two threads busy.
     """
     if jobs <= 1:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // jobs)
+    import torch
+
+    return max(1, torch.get_num_threads() // jobs)
 
 
 def _run_in_child(call: Callable[[], None], log_file: str, threads: int | None = None) -> None:

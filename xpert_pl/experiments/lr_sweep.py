@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,26 +36,37 @@ def sweep_cell(runner: MatrixRunner, sweep: LRSweep, method: str) -> Cell:
 
 
 def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
-    """Train (or reuse) every (method, rate) run, write the sweep's record and return it (`chosen`: the rate)."""
+    """Train (or reuse) every (method, rate) run, `runner.jobs` at a time as the cells are, write the sweep's record
+    and return it (`chosen`: the rate)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from xpert_pl.pipeline.training import last_validation
 
-    losses: dict[str, dict[str, float | None]] = {}
-    for method in sweep.methods:
-        losses[method] = {}
-        for rate in sweep.rates:
-            call = sweep_call(runner, sweep, method, rate)
-            if not hf_config(call.run_dir / HF_DIR).is_file():
-                start = time.perf_counter()
-                status = runner.launch(call, call.run_dir / "pretrain.log")
-                if status == 0:
-                    write_json(call.run_dir / FIT_CALL_FILE, call.config)  # what finished_twin compares a cell with
-                seconds = {sweep_wall_key(method, rate): time.perf_counter() - start}
-                record_seconds(runner.layout.wall_times, seconds)
-                log.info("[bench] lr sweep %s at %g: exit status %d", method, rate, status)
-            losses[method][f"{rate:g}"] = last_validation(call.run_dir / METRICS_FILE).get("val/loss")
+    runs = [(method, rate, sweep_call(runner, sweep, method, rate)) for method in sweep.methods for rate in sweep.rates]
+    missing = [run for run in runs if not hf_config(run[2].run_dir / HF_DIR).is_file()]
+    with ThreadPoolExecutor(max_workers=max(1, runner.jobs)) as pool:
+        list(pool.map(lambda run: train_sweep_run(runner, *run), missing))  # list(): a run's error is raised here
+    losses: dict[str, dict[str, float | None]] = {method: {} for method in sweep.methods}
+    for method, rate, call in runs:
+        losses[method][f"{rate:g}"] = last_validation(call.run_dir / METRICS_FILE).get("val/loss")
     record = sweep_record(sweep, losses)
     write_json(runner.layout.lr_sweep, record)
     return record
+
+
+_WALL_TIMES_LOCK = threading.Lock()
+"""Parallel sweep runs add their seconds to one file."""
+
+
+def train_sweep_run(runner: MatrixRunner, method: str, rate: float, call: FitCall) -> None:
+    """Train one sweep run and record its configuration (on success) and its seconds."""
+    start = time.perf_counter()
+    status = runner.launch(call, call.run_dir / "pretrain.log")
+    if status == 0:
+        write_json(call.run_dir / FIT_CALL_FILE, call.config)  # what finished_twin compares a cell with
+    with _WALL_TIMES_LOCK:
+        record_seconds(runner.layout.wall_times, {sweep_wall_key(method, rate): time.perf_counter() - start})
+    log.info("[bench] lr sweep %s at %g: exit status %d", method, rate, status)
 
 
 def sweep_call(runner: MatrixRunner, sweep: LRSweep, method: str, rate: float) -> FitCall:

@@ -38,6 +38,7 @@ from xpert_pl.layout import (
     run_last_checkpoint,
 )
 from xpert_pl.paths import data_root as resolve_data_root
+from xpert_pl.paths import shown_path
 from xpert_pl.pipeline.config import Config, bind_artifacts, load_config, merge, needed_artifacts, nested
 from xpert_pl.tokenizer import META_FILE
 from xpert_pl.tokenizer_training import train_tokenizer
@@ -77,9 +78,9 @@ class MatrixRunner:
 
     Attributes:
         matrix: the parsed matrix.
-        jobs: cells run at the same time (each a separate process).
+        jobs: cells and learning-rate sweep runs trained at the same time (each a separate process).
         launch: runs one `FitCall` and returns its exit status (None: `run_forked`, each cell with an equal share of
-            the cores as torch threads when `jobs` > 1; tests replace it).
+            torch's threads when `jobs` > 1; tests replace it).
     """
 
     matrix: ExperimentMatrix
@@ -286,7 +287,7 @@ class MatrixRunner:
         import yaml
 
         shutil.copyfile(matrix_file, self.matrix.out_dir / "matrix.extends.yaml")
-        header = f"# {_shown_path(matrix_file)} resolved: the matrix it extends, with its own keys laid over\n"
+        header = f"# {shown_path(matrix_file)} resolved: the matrix it extends, with its own keys laid over\n"
         record.write_text(header + yaml.safe_dump(self.matrix.spec, sort_keys=False))
 
     def config_problems(self) -> list[str]:
@@ -337,17 +338,6 @@ def stage_base(stage: Stage) -> Config:
     return merge(load_config([stage.config, *stage.configs]), nested(stage.overrides))
 
 
-def _shown_path(path: Path) -> Path:
-    """`path` as a committed record may show it: relative to the working directory, or for a shipped config
-    `configs/...`; otherwise as given."""
-    from xpert_pl.paths import config_dir
-
-    for base, prefix in ((Path.cwd(), Path()), (config_dir(), Path("configs"))):
-        if path.is_absolute() and path.is_relative_to(base):
-            return prefix / path.relative_to(base)
-    return path
-
-
 def _describe(cell: Cell) -> dict[str, Any]:
     return {"scale": cell.scale, "budget": cell.budget, "method": cell.method, "seed": cell.seed, "steps": cell.steps}
 
@@ -365,8 +355,9 @@ def bench_run(matrix: str, jobs: int = 1, only: Sequence[str] | None = None) -> 
 
     Args:
         matrix: the matrix YAML (e.g. `configs/bench/quick.yaml`).
-        jobs: cells trained at the same time, each in its own process with an equal share of the cores as torch
-            threads (on a 2-core CPU, 2 jobs train about 1.2x the cells per hour of 1; a GPU: keep 1 per device).
+        jobs: cells (and learning-rate sweep runs) trained at the same time, each in its own process with an equal
+            share of torch's threads (on a 2-core CPU, 2 jobs train about 1.2x the tokens per second of 1; on a GPU
+            keep 1).
         only: run only the cells of these methods (the shared stages and the learning-rate sweep always run).
     """
     parsed = load_matrix(matrix)

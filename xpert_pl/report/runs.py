@@ -170,10 +170,22 @@ def load_runs(runs_dir: str | Path) -> RunsDir:
     matrix = _parse_matrix(matrix_text)
     found = {(c.scale, c.budget, c.method, c.seed) for c in cells}
     absent = [a for a in _expected_cells(matrix) if (a.scale, a.budget, a.method, a.seed) not in found]
+    methods = [str(m) for m in matrix.get("methods") or {}]
+    return RunsDir(root, cells, absent, matrix_text, methods, _given_source(matrix, root))
+
+
+def _given_source(matrix: dict[str, Any], root: Path) -> Path | None:
+    """The matrix's `source.hf` (None: the folder trained its own). A relative path is taken from the directory the
+    bench ran in (`root` less the matrix's relative `out_dir`) when it is there, else as given (a Hub id, or a path
+    from the working directory)."""
     source = matrix.get("source")
     given = source.get("hf") if isinstance(source, dict) else None
-    source_hf = Path(given) if isinstance(given, str) and given else None
-    return RunsDir(root, cells, absent, matrix_text, [str(m) for m in matrix.get("methods") or {}], source_hf)
+    if not isinstance(given, str) or not given:
+        return None
+    out_dir, where = Path(str(matrix.get("out_dir") or "")), root.resolve()
+    ran_in = len(out_dir.parts) and not out_dir.is_absolute() and where.parts[-len(out_dir.parts) :] == out_dir.parts
+    found = where.parents[len(out_dir.parts) - 1] / given if ran_in else None
+    return found if found is not None and found.exists() else Path(given)
 
 
 def read_cell(path: Path) -> CellRun:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from xpert_pl.experiments.matrix import BASELINE
 from xpert_pl.layout import HF_DIR, METRICS_FILE, RunLayout, hf_config
+from xpert_pl.paths import shown_path
 from xpert_pl.pipeline.training import last_validation, run_config, tokens_per_step
 from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import plot_source_beside_students
@@ -30,6 +31,10 @@ SOURCE_FIELDS = (
 def source_section(layout: RunLayout) -> list[Block]:
     """Architecture, tokens seen and final validation losses of the source MoE (what its export and run hold)."""
     config = read_json_or_none(hf_config(layout.source_hf))
+    if not config and layout.source_hf_given is not None:
+        given = shown_path(layout.source_hf)
+        problem = "not a directory readable from here (a Hub id, or moved): its architecture and losses are not shown"
+        return [Heading(2, "Source MoE"), Paragraph(f"The source was given as `{given}`, {problem}.")]
     if not config:
         return []
     items = [f"`{k}`: {config[k]}" for k in SOURCE_FIELDS if config.get(k) is not None]
@@ -37,9 +42,7 @@ def source_section(layout: RunLayout) -> list[Block]:
     tokens = tokens_seen(run)
     if tokens is not None:
         items.append(f"tokens seen in training: {tokens:,} ({tokens / 1e6:.2f} M)")
-    blocks: list[Block] = [Heading(2, "Source MoE"), Bullets(items)]
-    if run != layout.source_run:
-        blocks.append(Paragraph(f"The source was given (`{layout.source_hf}`): its training run is read from `{run}`."))
+    blocks: list[Block] = [Heading(2, "Source MoE"), Bullets(items), *_given_source_note(layout, run)]
     final = final_validation(run / METRICS_FILE)
     if final:
         unigram = (read_json_or_none(layout.unigram) or {}).get("loss", {})
@@ -55,9 +58,17 @@ def source_section(layout: RunLayout) -> list[Block]:
             ),
             Table(["domain", "source", "unigram"], rows, (False, True, True)),
         ]
-    elif run == layout.source_run and layout.source_hf != layout.source_run / HF_DIR:
-        blocks.append(Paragraph(f"The source was given (`{layout.source_hf}`): its training run is not here."))
     return blocks
+
+
+def _given_source_note(layout: RunLayout, run: Path) -> list[Block]:
+    """Where a source given to the matrix (`source.hf`) was trained, as far as this folder can tell."""
+    if layout.source_hf_given is None:
+        return []
+    given = shown_path(layout.source_hf)
+    if run == layout.source_run:
+        return [Paragraph(f"The source was given (`{given}`): its training run is not here.")]
+    return [Paragraph(f"The source was given (`{given}`): its training run is read from `{shown_path(run)}`.")]
 
 
 def source_run(layout: RunLayout) -> Path:
