@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Cells of `make bench` trained at once, each with an equal share of torch's threads (make bench JOBS=2 on a 2-core CPU).
+JOBS ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.xpert-installed
 
@@ -29,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/xpert bench run configs/bench/reference.yaml
+	$(BIN)/xpert bench run configs/bench/reference.yaml --jobs $(JOBS)
 	$(BIN)/xpert report runs/bench-reference
 
 bench-quick: $(STAMP)
