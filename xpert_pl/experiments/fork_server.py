@@ -85,7 +85,7 @@ def cell_threads(jobs: int) -> int | None:
     """Torch threads per cell when `jobs` cells train at once: this process's torch threads (its default, or
     `OMP_NUM_THREADS`) shared out, at least 1; None for one cell at a time (that default).
 
-    Two 1-thread cells beside each other train about 1.2x the tokens per second of one 2-thread cell on a 2-core CPU
+    Two 1-thread cells beside each other train about 1.13x the tokens per second of one 2-thread cell on a 2-core CPU
     (`benchmarks/cpu_parallel_cells.py`): the tiny students' matrices are too small to keep two threads busy.
     """
     if jobs <= 1:

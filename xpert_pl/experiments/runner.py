@@ -356,7 +356,7 @@ def bench_run(matrix: str, jobs: int = 1, only: Sequence[str] | None = None) -> 
     Args:
         matrix: the matrix YAML (e.g. `configs/bench/quick.yaml`).
         jobs: cells (and learning-rate sweep runs) trained at the same time, each in its own process with an equal
-            share of torch's threads (on a 2-core CPU, 2 jobs train about 1.2x the tokens per second of 1; on a GPU
+            share of torch's threads (on a 2-core CPU, 2 jobs train about 1.13x the tokens per second of 1; on a GPU
             keep 1).
         only: run only the cells of these methods (the shared stages and the learning-rate sweep always run).
     """
