@@ -30,7 +30,12 @@ def test_shipped_matrices_build(name):
     assert "scratch" in matrix.methods
     if name != "demo.yaml":  # the demo is one seed; the benchmarks compare over seeds (and budgets, but for the
         assert len(matrix.seeds) >= 2  # reference headline, whose budget sweep is in the extended matrix)
-        assert len(matrix.budgets) >= 2 or name in ("reference.yaml", "reference-gpu.yaml", "reference-design.yaml")
+        assert len(matrix.budgets) >= 2 or name in (
+            "reference.yaml",
+            "reference-gpu.yaml",
+            "reference-design.yaml",
+            "reference-4l.yaml",
+        )
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "bench").glob("*.yaml")))
@@ -63,6 +68,13 @@ def test_the_reference_matrices_are_the_issues_design():
     assert budgets.budgets["long"] == headline.budgets["long"] and budgets.sweep_methods == ["scratch", "xpert"]
     assert len(budgets.cells()) == 3 * 2 * 3 and budgets.lr_sweep is None and budgets.sft is None
     assert budgets.scales["2l"].overrides == {"model.learning_rate": 3.0e-3}  # the reference sweep's chosen rate
+    deep = load_matrix(REPO / "configs" / "bench" / "reference-4l.yaml", root=REPO)
+    assert deep.out_dir.name == "bench-reference-4l" and deep.source_hf == budgets.source_hf and deep.lr_sweep is None
+    assert deep.scales["4l"].overrides == {
+        "model.model.init_args.preset": "llama-tiny-4l",
+        "model.learning_rate": 3.0e-3,
+    }
+    assert len(deep.cells()) == 3 * 3 and deep.budgets == headline.budgets  # 2.0 M tokens, 3 methods x 3 seeds
 
 
 def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_training_stage(tiny_data_root):
