@@ -254,6 +254,15 @@ def test_missing_matrix_file(tmp_path, capsys):
     refused(capsys, ["bench", "run", str(tmp_path / "nowhere.yaml")], "nowhere.yaml", "not found")
 
 
+def test_a_matrix_reusing_a_bench_that_never_ran(tmp_path, capsys, monkeypatch):
+    # reference-budgets.yaml takes its tokenizer and source from runs/bench-reference, absent in a fresh folder.
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "run", str(CONFIGS / "bench" / "reference-budgets.yaml")]
+    err = refused(capsys, argv, "data.tokenizer: runs/bench-reference/shared/tokenizer", "source.hf: runs/bench-refer")
+    assert err.count("run the bench whose out_dir is runs/bench-reference (`make bench`) first") == 2
+    assert list(tmp_path.iterdir()) == []  # refused before its runs folder is made or anything tokenised
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["bench", "run", str(tmp_path / "nowhere.yaml"), "--debug"])

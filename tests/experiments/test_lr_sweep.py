@@ -32,6 +32,7 @@ def matrix_file(tmp_path: Path, tiny_source_dir: Path, sweep: dict) -> Path:
         "methods": {"scratch": "configs/methods/scratch.yaml", "xpert": "configs/methods/xpert.yaml"},
         "lr_sweep": sweep,
     }
+    (tmp_path / "tok").mkdir(exist_ok=True)  # the given tokenizer: a local directory (the runner checks it)
     path = tmp_path / "matrix.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -308,8 +308,26 @@ class MatrixRunner:
                 problems += [f"cell {cell.scale}/{cell.method} ({stage}): {p}" for p in fit_config_problems(config)]
         return problems
 
+    def given_input_problems(self) -> list[str]:
+        """The inputs the matrix takes from elsewhere that are neither a local directory nor a Hub id, checked before
+        the runs folder is made: a matrix that reuses another bench's source names paths that exist once it has run."""
+        given = {
+            "data.tokenizer": (
+                self.matrix.data.get("tokenizer"),
+                "a trained tokenizer's directory (`xpert tokenizer`)",
+            ),
+            "source.hf": (self.matrix.source_hf, "a source MoE's Hugging Face directory or Hub id"),
+        }
+        return [
+            f"{option}: {value} is neither a local directory nor a Hub id; give {wanted}{_made_by(Path(str(value)))}"
+            for option, (value, wanted) in given.items()
+            if value is not None and not _local_dir_or_hub_id(str(value))
+        ]
+
     def run(self, matrix_file: Path | None = None) -> dict[str, int]:
         """The shared stages, then every cell; returns how many cells ended in each status."""
+        where = f"{shown_path(matrix_file)}: " if matrix_file is not None else ""
+        raise_if_problems([where + p for p in self.given_input_problems()])  # before anything is made or tokenised
         # A runs folder accumulates (reruns resume it): it must be one the kit made for a matrix, or new.
         problem = replace_problem(self.matrix.out_dir, "bench", "the matrix's out_dir")
         raise_if_problems([problem, *self.config_problems()] if problem else self.config_problems())
@@ -331,6 +349,21 @@ class MatrixRunner:
             for status in tqdm(pool.map(self.run_cell, cells), total=len(cells), desc="cells", unit="cell"):
                 counts[status] = counts.get(status, 0) + 1
         return counts
+
+
+def _local_dir_or_hub_id(name: str) -> bool:
+    from xpert_pl.tokenizer import is_hub_id
+
+    return Path(name).is_dir() or (not Path(name).exists() and is_hub_id(name))
+
+
+def _made_by(path: Path) -> str:
+    """The fix for a path into another bench's runs folder (`<out_dir>/shared/...`): run that bench first."""
+    if "shared" not in path.parts[1:]:
+        return ""
+    out_dir = Path(*path.parts[: path.parts.index("shared")])
+    made_by = " (`make bench`)" if out_dir == Path("runs/bench-reference") else ""
+    return f", or run the bench whose out_dir is {out_dir}{made_by} first, then this one"
 
 
 def stage_base(stage: Stage) -> Config:
