@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpert_pl.report.design import DESIGN, crossing_sentence, crossing_steps, knowledge_scale_section
+from xpert_pl.report.design import (
+    DESIGN,
+    budget_sweep_section,
+    crossing_sentence,
+    crossing_steps,
+    knowledge_scale_section,
+)
 from xpert_pl.report.render import Table
 from xpert_pl.report.stats import paired, spread
 
@@ -74,6 +80,47 @@ def test_no_table_without_all_four_cells():
                 return ["scratch", "xpert", "norm_matched_scratch"]
 
     assert knowledge_scale_section(Partial()) == []
+
+
+BY_BUDGET = {  # budget -> method -> seed -> final loss: XPERT's lead fades from 0.40 to 0.10
+    "half": {"scratch": {0: 5.5, 1: 5.6, 2: 5.55}, "xpert": {0: 5.1, 1: 5.21, 2: 5.14}},
+    "double": {"scratch": {0: 4.3, 1: 4.35, 2: 4.32}, "xpert": {0: 4.2, 1: 4.26, 2: 4.21}},
+}
+
+
+class BudgetComparison:
+    """What the budget section reads of a `RunComparison`: scale 2l at two budgets, scale 4l at one."""
+
+    class runs:
+        @staticmethod
+        def scales():
+            return ["2l", "4l"]
+
+        @staticmethod
+        def budgets(scale):
+            return list(BY_BUDGET) if scale == "2l" else ["half"]
+
+        @staticmethod
+        def budget_tokens(scale, budget):
+            return {"half": 1.0e6, "double": 4.0e6}[budget]
+
+        @staticmethod
+        def methods(scale, budget):
+            return ["scratch", "xpert"]
+
+    def spread(self, scale, budget, method):
+        return spread(list(BY_BUDGET[budget][method].values()))
+
+    def compare(self, scale, budget, a, b):
+        return paired(BY_BUDGET[budget][a], BY_BUDGET[budget][b])
+
+
+def test_the_budget_table_pairs_each_method_with_scratch_at_every_budget_of_a_swept_scale():
+    (table,) = (b for b in budget_sweep_section(BudgetComparison()) if isinstance(b, Table))
+    assert [row[:4] for row in table.rows] == [["2l", "half", "1e+06", "xpert"], ["2l", "double", "4e+06", "xpert"]]
+    assert [float(row[7]) for row in table.rows] == pytest.approx([-0.4, -0.1])  # 4l has one budget: no row
+    assert table.rows[1][4].startswith("4.3233") and table.rows[1][5].startswith("4.2233")
+    assert float(table.rows[0][9]) < 1e-3 and table.rows[0][6] == "3"
 
 
 def test_the_learning_rate_section_names_the_chosen_rate_and_each_methods_best(tmp_path):

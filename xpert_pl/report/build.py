@@ -70,6 +70,7 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
         blocks += sections.eval_section(analysis, scale, budget, "sft/lm_eval/", "lm-eval after SFT (mean ± std)")
     blocks += sections.knowledge_section(analysis)
     blocks += design.knowledge_scale_section(analysis)
+    blocks += design.budget_sweep_section(analysis)
     blocks += sections.convergence_section(analysis)
     blocks += sections.effective_tokens_section(analysis)
     blocks += sections.compute_section(analysis)

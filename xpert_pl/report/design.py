@@ -1,5 +1,5 @@
-"""Two readings of the matrix beyond final losses: the knowledge x scale 2 x 2 design, and where loss curves cross
-(a method that leads early and falls behind later)."""
+"""Readings of the matrix beyond the headline's final losses: the knowledge x scale 2 x 2 design, the paired
+difference at every token budget, and where loss curves cross (a method that leads early and falls behind later)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,44 @@ def knowledge_scale_section(analysis: RunComparison) -> list[Block]:
         "scale all along."
     )
     return [Heading(2, "Knowledge x scale"), Paragraph(note), *blocks]
+
+
+def budget_sweep_section(analysis: RunComparison) -> list[Block]:
+    """Every method minus scratch at every token budget of a scale with several (the headline tables give only the
+    largest): whether a lead holds, grows or fades as the budget grows."""
+    rows = []
+    for scale in analysis.runs.scales():
+        budgets = analysis.runs.budgets(scale)
+        for budget in budgets if len(budgets) > 1 else []:
+            tokens = analysis.runs.budget_tokens(scale, budget)
+            base = fmt_spread(analysis.spread(scale, budget, BASELINE))
+            for method in analysis.runs.methods(scale, budget):
+                result = analysis.compare(scale, budget, method, BASELINE)
+                if method == BASELINE or not result.n:
+                    continue
+                loss = fmt_spread(analysis.spread(scale, budget, method))
+                row = [scale, budget, f"{tokens:.4g}" if tokens else "-", method, base, loss, *paired_cells(result)]
+                rows.append(row)
+    if not rows:
+        return []
+    header = [
+        "scale",
+        "budget",
+        "tokens",
+        "method",
+        "scratch",
+        "method's loss",
+        "seeds",
+        "mean diff (method - scratch)",
+        "95% t interval",
+        "paired t-test p",
+    ]
+    note = (
+        "Final validation loss (all domains, mean ± std over seeds) at every budget, and the method minus scratch "
+        "paired by seed; each budget is its own run with its own schedule."
+    )
+    heading = Heading(2, "Paired comparison with scratch at every budget")
+    return [heading, Paragraph(note), Table(header, rows, (False, False, True, False) + (True,) * 6)]
 
 
 def crossing_steps(steps: np.ndarray, difference: np.ndarray) -> list[float]:
