@@ -35,6 +35,7 @@ def test_shipped_matrices_build(name):
             "reference-gpu.yaml",
             "reference-design.yaml",
             "reference-4l.yaml",
+            "reference-domains.yaml",
         )
 
 
@@ -62,6 +63,12 @@ def test_the_reference_matrices_are_the_issues_design():
     assert design.out_dir == headline.out_dir and design.lr_sweep == headline.lr_sweep  # same runs, 2 more methods
     assert set(design.methods) - set(headline.methods) == {"xpert_target_init", "aligned_xpert", "domain_code"}
     assert set(headline.cells()) < set(design.cells()) and len(design.cells()) == 55
+    domains = load_matrix(REPO / "configs" / "bench" / "reference-domains.yaml", root=REPO)
+    assert domains.out_dir == headline.out_dir and set(domains.methods) - set(design.methods) == {
+        "domain_law",
+        "domain_medicine",
+    }
+    assert set(design.cells()) < set(domains.cells()) and len(domains.cells()) == 65  # 2 more methods, 5 seeds
     budgets = load_matrix(REPO / "configs" / "bench" / "reference-budgets.yaml", root=REPO)
     assert budgets.out_dir != headline.out_dir and budgets.source_hf == Path("runs/bench-reference/shared/source/hf")
     assert sorted(steps * 32 * 128 for steps in budgets.budgets.values()) == [1_003_520, 2_007_040, 4_014_080]
