@@ -28,8 +28,9 @@ def test_shipped_matrices_build(name):
         matrix.sweep_methods if short < long else matrix.methods
     )
     assert "scratch" in matrix.methods
-    if name != "demo.yaml":  # the demo is one seed; the benchmarks compare over seeds (and budgets, but for the
-        assert len(matrix.seeds) >= 2  # reference headline, whose budget sweep is in the extended matrix)
+    if name not in ("demo.yaml", "reference-4l-lr.yaml"):  # one seed: the demo, and a learning-rate probe; the
+        assert len(matrix.seeds) >= 2  # benchmarks compare over seeds (and budgets, but for the reference headline,
+        # whose budget sweep is its own matrix)
         assert len(matrix.budgets) >= 2 or name in (
             "reference.yaml",
             "reference-gpu.yaml",
@@ -82,6 +83,9 @@ def test_the_reference_matrices_are_the_issues_design():
         "model.learning_rate": 3.0e-3,
     }
     assert len(deep.cells()) == 3 * 3 and deep.budgets == headline.budgets  # 2.0 M tokens, 3 methods x 3 seeds
+    probe = load_matrix(REPO / "configs" / "bench" / "reference-4l-lr.yaml", root=REPO)
+    assert probe.out_dir != deep.out_dir and probe.source_hf == deep.source_hf and len(probe.cells()) == 2
+    assert probe.scales["4l"].overrides == deep.scales["4l"].overrides | {"model.learning_rate": 1.0e-3}
 
 
 def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_training_stage(tiny_data_root):
