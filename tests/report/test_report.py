@@ -131,7 +131,7 @@ def test_incomplete_and_missing_cells_are_listed_and_excluded(report):
     assert groups[("2l", "long")]["methods"]["xpert"]["seeds"] == [0, 1, 2]  # seed 3 is still running
     assert groups[("2l", "short")]["methods"]["scratch"]["seeds"] == [0, 1, 2]  # seed 3 failed
     missing = markdown[markdown.index("### Missing or incomplete cells") : markdown.index("## Results")]
-    assert "| 2l | long | xpert | 3 | running |" in missing
+    assert "| 2l | long | xpert | 3 | running | not finished: still training, or interrupted (`xpert bench" in missing
     assert "| 2l | short | scratch | 3 | failed |" in missing
     for method, seed in (("scratch", 3), ("shuffled_xpert", 3), ("distillation", 2), ("distillation", 3)):
         assert f"| 2l | long | {method} | {seed} | missing | no cell directory |" in missing

@@ -210,6 +210,8 @@ def read_cell(path: Path) -> CellRun:
         _read_results(cell)
     elif record.get("failed_stage"):
         cell.problem = f"failed in stage {record['failed_stage']}"
+    elif cell.status == "running":  # the record cannot tell a live run from a killed one
+        cell.problem = "not finished: still training, or interrupted (`xpert bench run` again resumes it)"
     return cell
 
 
