@@ -25,6 +25,7 @@ from xpert_pl.tokenizer import (
     PAD_TOKEN,
     check_tokenizer_matches,
     is_hub_id,
+    is_local_dir_or_hub_id,
     load_tokenizer,
     train_bpe_tokenizer,
 )
@@ -173,6 +174,17 @@ def test_xpert_tokenizer_command_trains_reuses_and_refuses(tmp_path, capsys) -> 
 )
 def test_hub_id_shape(name: str, hub: bool) -> None:
     assert is_hub_id(name) == hub
+
+
+def test_local_dir_or_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "owner").mkdir()
+    (tmp_path / "owner" / "file").write_text("x")
+    assert is_local_dir_or_hub_id("runs")  # a local directory
+    assert is_local_dir_or_hub_id("allenai/OLMoE-1B-7B-0924")  # no such path, a Hub id's shape
+    assert not is_local_dir_or_hub_id("owner/file")  # a Hub id's shape, but an existing file
+    assert not is_local_dir_or_hub_id("runs/a/b")  # neither
 
 
 def _listing(root: Path) -> list[str]:

@@ -31,6 +31,8 @@ CELL_FILE = "cell.json"
 METRICS_FILE = "metrics.csv"
 UNTRAINED_MARKER = "untrained.json"
 CHECKPOINT_DIR = "checkpoints"
+SHARED_DIR = "shared"
+"""A runs folder's stages shared by every cell; another matrix may reuse them by path (`<out_dir>/shared/...`)."""
 
 
 def last_checkpoint(directory: Path | None) -> Path | None:
@@ -80,7 +82,7 @@ class RunLayout:
 
     @property
     def shared(self) -> Path:
-        return self.root / "shared"
+        return self.root / SHARED_DIR
 
     @property
     def tokenizer(self) -> Path:

@@ -107,6 +107,12 @@ def is_hub_id(name: str) -> bool:
     return bool(_HUB_ID.fullmatch(name)) and ".." not in name
 
 
+def is_local_dir_or_hub_id(name: str) -> bool:
+    """Whether `name` can name a directory to load: an existing local directory, or (no such path) a Hub id."""
+    path = Path(name).expanduser()
+    return path.is_dir() or (not path.exists() and is_hub_id(name))
+
+
 class TokenizerNotFoundError(FileNotFoundError):
     """A tokenizer name is neither a local tokenizer directory nor a cached or reachable Hub tokenizer."""
 
@@ -144,10 +150,9 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
     name = str(name_or_path)
     path = Path(name).expanduser()
-    if path.exists() and not path.is_dir():
-        raise _not_found(name, "it is a file, not a directory")
-    if not path.exists() and not is_hub_id(name):
-        raise _not_found(name, "no such directory, and not a Hub id of the form `owner/name`")
+    if not is_local_dir_or_hub_id(name):
+        missing = "no such directory, and not a Hub id of the form `owner/name`"
+        raise _not_found(name, "it is a file, not a directory" if path.exists() else missing)
     if not path.exists() and path.parent.is_dir():
         # `runs/tokenizer` with a local `runs/` folder is a missing local directory, not a Hub repository: say so at
         # once instead of asking the Hub (which, offline, retries for half a minute).

@@ -31,6 +31,7 @@ from xpert_pl.layout import (
     CELL_FILE,
     HF_DIR,
     SELECTION_FILE,
+    SHARED_DIR,
     Artifact,
     RunLayout,
     bank_manifest,
@@ -40,7 +41,7 @@ from xpert_pl.layout import (
 from xpert_pl.paths import data_root as resolve_data_root
 from xpert_pl.paths import shown_path
 from xpert_pl.pipeline.config import Config, bind_artifacts, load_config, merge, needed_artifacts, nested
-from xpert_pl.tokenizer import META_FILE
+from xpert_pl.tokenizer import META_FILE, is_local_dir_or_hub_id
 from xpert_pl.tokenizer_training import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ class MatrixRunner:
         return [
             f"{option}: {value} is neither a local directory nor a Hub id; give {wanted}{_made_by(Path(str(value)))}"
             for option, (value, wanted) in given.items()
-            if value is not None and not _local_dir_or_hub_id(str(value))
+            if value is not None and not is_local_dir_or_hub_id(str(value))
         ]
 
     def run(self, matrix_file: Path | None = None) -> dict[str, int]:
@@ -351,17 +352,11 @@ class MatrixRunner:
         return counts
 
 
-def _local_dir_or_hub_id(name: str) -> bool:
-    from xpert_pl.tokenizer import is_hub_id
-
-    return Path(name).is_dir() or (not Path(name).exists() and is_hub_id(name))
-
-
 def _made_by(path: Path) -> str:
     """The fix for a path into another bench's runs folder (`<out_dir>/shared/...`): run that bench first."""
-    if "shared" not in path.parts[1:]:
+    if SHARED_DIR not in path.parts[1:]:
         return ""
-    out_dir = Path(*path.parts[: path.parts.index("shared")])
+    out_dir = Path(*path.parts[: path.parts.index(SHARED_DIR)])
     made_by = " (`make bench`)" if out_dir == Path("runs/bench-reference") else ""
     return f", or run the bench whose out_dir is {out_dir}{made_by} first, then this one"
 
