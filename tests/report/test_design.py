@@ -1,4 +1,5 @@
-"""The knowledge x scale table and the curve crossings, on known numbers."""
+"""The knowledge x scale table, the budget sweep, the single-domain (Figure 5) table and the curve crossings, on known
+numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from xpert_pl.report.design import (
     crossing_sentence,
     crossing_steps,
     knowledge_scale_section,
+    single_domain_section,
 )
 from xpert_pl.report.render import Table
 from xpert_pl.report.stats import paired, spread
@@ -141,3 +143,49 @@ def test_the_learning_rate_section_names_the_chosen_rate_and_each_methods_best(t
     assert "learning rate 0.003" in text and "`xpert`'s best: 0.001" in text
     table = next(b for b in blocks if isinstance(b, Table))
     assert table.rows == [["0.001", "3.2000", "3.0000"], ["0.003", "3.1000", "-"]]
+
+
+def _bank(path, experts, strategy, domain=None):
+    import json
+
+    path.mkdir(parents=True)
+    layers = [{"layer": i, "experts": e, **({"domain": domain} if domain else {})} for i, e in enumerate(experts)]
+    selection = {"strategy": strategy, "layers": layers}
+    (path / "manifest.json").write_text(json.dumps({"selection": selection, "layers": layers}))
+
+
+def test_the_single_domain_table_compares_xpert_with_each_domains_specialists(tmp_path):
+    from xpert_pl.layout import RunLayout
+
+    own = {"xpert": {0: 3.0, 1: 3.2, 2: 3.1}, "domain_law": {0: 2.9, 1: 3.1, 2: 3.05}}  # law's experts: -0.0833
+    final = {**FINAL, "domain_law": {0: 2.95, 1: 3.02, 2: 2.96}, "random_experts": {0: 3.0, 1: 3.1, 2: 3.0}}
+    layout = RunLayout(tmp_path)
+    _bank(layout.bank, [[0, 13], [5, 3]], "consistent")
+    _bank(layout.control_bank("domain_law"), [[9, 13], [3, 5]], "domain_specialist", "law")
+    _bank(layout.control_bank("random_experts"), [[1, 2], [3, 4]], "random")
+
+    class Comparison:
+        class runs:
+            @staticmethod
+            def methods(scale, budget):
+                return list(final)
+
+        runs.layout = layout
+
+        def headline_groups(self):
+            return [("2l", "long")]
+
+        def spread(self, scale, budget, method, key="val/loss"):
+            return spread(list((own if key == "val/loss/law" else final)[method].values()))
+
+        def compare(self, scale, budget, a, b, key="val/loss"):
+            values = own if key == "val/loss/law" else final
+            return paired(values[a], values[b]) if b in values else paired({}, {})
+
+    (table,) = (b for b in single_domain_section(Comparison()) if isinstance(b, Table))
+    (row,) = table.rows  # random experts were not chosen from one domain: no row
+    assert row[:4] == ["domain_law", "law", "[9, 13] [3, 5]", "3 of 4"]
+    assert row[4].startswith("2.9767 ± ") and row[5].startswith("-0.0433 [") and row[5].endswith("(3 seeds)")
+    assert row[6].startswith("3.0167 ± ") and row[7].startswith("+0.0833 [")
+    (layout.control_bank("domain_law") / "manifest.json").unlink()
+    assert single_domain_section(Comparison()) == []  # no bank chosen from one domain: no section

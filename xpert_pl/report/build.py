@@ -71,6 +71,7 @@ def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = 
     blocks += sections.knowledge_section(analysis)
     blocks += design.knowledge_scale_section(analysis)
     blocks += design.budget_sweep_section(analysis)
+    blocks += design.single_domain_section(analysis)
     blocks += sections.convergence_section(analysis)
     blocks += sections.effective_tokens_section(analysis)
     blocks += sections.compute_section(analysis)

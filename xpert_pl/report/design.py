@@ -1,19 +1,22 @@
 """Readings of the matrix beyond the headline's final losses: the knowledge x scale 2 x 2 design, the paired
-difference at every token budget, and where loss curves cross (a method that leads early and falls behind later)."""
+difference at every token budget, XPERT's experts against single domains' (the paper's Figure 5), and where loss
+curves cross (a method that leads early and falls behind later)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
 from xpert_pl.experiments.matrix import BASELINE
-from xpert_pl.layout import RunLayout
-from xpert_pl.report.comparison import RunComparison
+from xpert_pl.layout import RunLayout, bank_manifest
+from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import seed_band
 from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
-from xpert_pl.report.runs import XPERT
+from xpert_pl.report.runs import XPERT, read_json_or_none
 from xpert_pl.report.sections import fmt_spread, paired_cells
+from xpert_pl.report.stats import Paired
 
 # (steps, mean, min, max) of a method's validation curves over seeds, as `seed_band` gives them.
 Band = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -101,6 +104,82 @@ def budget_sweep_section(analysis: RunComparison) -> list[Block]:
     )
     heading = Heading(2, "Paired comparison with scratch at every budget")
     return [heading, Paragraph(note), Table(header, rows, (False, False, True, False) + (True,) * 6)]
+
+
+def single_domain_section(analysis: RunComparison) -> list[Block]:
+    """The paper's Figure 5: XPERT's experts (consistently active across domains) against each single domain's
+    specialists (the methods whose bank was selected by `domain_specialist`), on all domains and on that domain."""
+    layout = analysis.runs.layout
+    xpert_experts = _bank_experts(read_json_or_none(bank_manifest(layout.bank)))
+    blocks: list[Block] = []
+    for scale, budget in analysis.headline_groups():
+        rows = []
+        for method in analysis.runs.methods(scale, budget):
+            manifest = read_json_or_none(bank_manifest(layout.control_bank(method)))
+            domain = _specialist_domain(manifest)
+            if domain is None or not analysis.compare(scale, budget, XPERT, method).n:
+                continue
+            experts = _bank_experts(manifest)
+            own = f"{VAL_LOSS}/{domain}"
+            numbers = [
+                fmt_spread(analysis.spread(scale, budget, method)),
+                _difference(analysis.compare(scale, budget, XPERT, method)),
+                fmt_spread(analysis.spread(scale, budget, method, own)),
+                _difference(analysis.compare(scale, budget, XPERT, method, own)),
+            ]
+            rows.append([method, domain, " ".join(map(str, experts)), _shared(experts, xpert_experts), *numbers])
+        if rows:
+            blocks += [Heading(3, f"{scale}/{budget}"), Table(SINGLE_DOMAIN_HEADER, rows, (False,) * 4 + (True,) * 4)]
+    if not blocks:
+        return []
+    note = (
+        f"XPERT's experts per layer: {' '.join(map(str, xpert_experts))}. Final validation loss (nats/token, "
+        "mean ± std over seeds) of each single-domain choice, on all domains and on its own domain's split, and XPERT "
+        "minus it paired by seed (95% t interval, p unadjusted): a positive difference means the domain's own "
+        "experts end lower. The own-domain column asks whether a domain's specialists serve that domain better."
+    )
+    return [Heading(2, "Experts from one domain (the paper's Figure 5)"), Paragraph(note), *blocks]
+
+
+SINGLE_DOMAIN_HEADER = [
+    "method",
+    "domain",
+    "its experts per layer",
+    "shared with XPERT's",
+    "loss (all domains)",
+    "XPERT - method (all)",
+    "loss on its domain",
+    "XPERT - method (its domain)",
+]
+
+
+def _specialist_domain(manifest: dict[str, Any] | None) -> str | None:
+    """The domain a bank's experts were chosen from, when a single domain's specialists were (else None)."""
+    selection = (manifest or {}).get("selection") or {}
+    if selection.get("strategy") != "domain_specialist" or not selection.get("layers"):
+        return None
+    return selection["layers"][0].get("domain")
+
+
+def _bank_experts(manifest: dict[str, Any] | None) -> list[list[int]]:
+    """The source experts stacked in each layer of a bank (its manifest)."""
+    return [list(layer.get("experts", [])) for layer in (manifest or {}).get("layers", [])]
+
+
+def _shared(experts: list[list[int]], reference: list[list[int]]) -> str:
+    """'k of n': how many of `reference`'s experts the same bank layer of `experts` also holds."""
+    if len(experts) != len(reference):
+        return "-"
+    common = sum(len(set(a) & set(b)) for a, b in zip(experts, reference, strict=True))
+    return f"{common} of {sum(len(b) for b in reference)}"
+
+
+def _difference(result: Paired) -> str:
+    """'+0.0032 [-0.0139, +0.0203], p = 0.633 (5 seeds)'."""
+    seeds, diff, interval, p = paired_cells(result)
+    if result.n < 2:
+        return "-" if result.n == 0 else f"{diff} (1 seed: no interval)"
+    return f"{diff} {interval}, p = {p} ({seeds} seeds)"
 
 
 def crossing_steps(steps: np.ndarray, difference: np.ndarray) -> list[float]:
