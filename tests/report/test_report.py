@@ -82,6 +82,8 @@ def test_t_interval_is_the_paired_t_tests_and_the_per_seed_values_are_kept(repor
     assert result["b"] == pytest.approx(list(finals("long", "scratch")), abs=1e-12)
     shuffled = groups[("2l", "long")]["methods"]["shuffled_xpert"]["xpert_vs"]["val/loss"]  # XPERT - control
     assert shuffled["mean_diff"] == pytest.approx(np.mean(finals("long", "xpert") - finals("long", "shuffled_xpert")))
+    law = groups[("2l", "long")]["methods"]["shuffled_xpert"]["xpert_vs"]["val/loss/law"]  # per domain too
+    assert law["a"] == pytest.approx(list(finals("long", "xpert") - 0.1 + 0.01 * np.arange(3)), abs=1e-12)
 
 
 def test_rouge_and_lm_eval_tables_use_the_latest_results(report):

@@ -102,7 +102,7 @@ class RunComparison:
             if method != BASELINE:
                 entry["vs_scratch"] = {k: paired_dict(self.compare(scale, budget, method, BASELINE, k)) for k in keys}
             if method != XPERT and XPERT in self.runs.methods(scale, budget):
-                entry["xpert_vs"] = self._xpert_vs(scale, budget, method)
+                entry["xpert_vs"] = self._xpert_vs(scale, budget, method, keys)
             entry["steps_fraction"] = {str(s): v for s, v in self.fractions(scale, budget, method).items()}
             worth, tokens = self.worth(scale, budget, method), self.budget_tokens(scale, budget, method)
             if worth is not None and tokens:
@@ -112,12 +112,12 @@ class RunComparison:
         headline = (scale, budget) in self.headline_groups()
         return {"scale": scale, "budget": budget, "headline": headline, "methods": methods}
 
-    def _xpert_vs(self, scale: str, budget: str, method: str) -> dict[str, Any]:
-        """XPERT minus `method`: the final loss (the verdict) and the steps fraction (knowledge or statistics)."""
-        return {
-            VAL_LOSS: paired_dict(self.compare(scale, budget, XPERT, method)),
-            "steps_fraction": paired_dict(self.compare_fractions(scale, budget, XPERT, method)),
-        }
+    def _xpert_vs(self, scale: str, budget: str, method: str, keys: list[str]) -> dict[str, Any]:
+        """XPERT minus `method`: the final loss (the verdict; per domain too, e.g. a single domain's experts on that
+        domain) and the steps fraction (knowledge or statistics)."""
+        losses = [VAL_LOSS, *(k for k in keys if k.startswith(f"{VAL_LOSS}/"))]
+        result = {k: paired_dict(self.compare(scale, budget, XPERT, method, k)) for k in losses}
+        return {**result, "steps_fraction": paired_dict(self.compare_fractions(scale, budget, XPERT, method))}
 
 
 def paired_dict(result: Paired) -> dict[str, Any]:
