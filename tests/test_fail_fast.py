@@ -80,6 +80,21 @@ def test_ckpt_path_of_another_model(tiny_data_root, tiny_tokenizer_dir, workdir,
     _refused_unchanged(capsys, workdir, argv, "other.ckpt", "another model", "embed_tokens")
 
 
+def test_ckpt_path_saved_with_other_hyperparameters(tiny_data_root, tiny_tokenizer_dir, workdir, capsys):
+    # LightningCLI itself would lay a checkpoint file's hyperparameters over the config and train at the old rate.
+    from xpert_pl.cli import main
+
+    main(_fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run"))
+    (workdir / "run" / "checkpoints" / "last.ckpt").rename(workdir / "step2.ckpt")
+    changed = ["--trainer.max_steps=4", "--model.learning_rate=0.5", "--model.compile=true"]  # compile: free to change
+    for ckpt in (workdir / "step2.ckpt", "last"):
+        if ckpt == "last":
+            (workdir / "step2.ckpt").rename(workdir / "run" / "checkpoints" / "last.ckpt")
+        argv = [*_fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run"), *changed, f"--ckpt_path={ckpt}"]
+        err = _refused_unchanged(capsys, workdir, argv, "other hyperparameters", "model.learning_rate: 0.001 in the")
+        assert "0.5 here" in err and "--model.init_checkpoint" in err and "compile" not in err
+
+
 def test_truncated_checkpoint(tiny_data_root, tiny_tokenizer_dir, workdir, capsys, no_expensive_work):
     torch.save({"state_dict": {"model.x": torch.zeros(4096)}}, workdir / "cut.ckpt")
     data = (workdir / "cut.ckpt").read_bytes()

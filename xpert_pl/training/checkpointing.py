@@ -4,6 +4,7 @@ before a run starts (exists, loads, fits the model)."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shlex
@@ -108,11 +109,17 @@ def resume_command(argv: list[str]) -> str:
 
 
 def checkpoint_problems(
-    ckpt_path: str | None, directory: Path | None, model: torch.nn.Module | None, weights_only: bool
+    ckpt_path: str | None,
+    directory: Path | None,
+    model: torch.nn.Module | None,
+    weights_only: bool,
+    hparams: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Why `--ckpt_path` cannot resume this run: no checkpoint for `last`, a missing, corrupt or foreign file.
+    """Why `--ckpt_path` cannot resume this run: no checkpoint for `last`, a missing, corrupt or foreign file, or one
+    saved with other hyperparameters.
 
-    `model` (built on the meta device, or None to skip) is compared key by key and shape by shape.
+    `model` (built on the meta device, or None to skip) is compared key by key and shape by shape; `hparams` (the
+    LightningModule's, as this run's config gives them; None to skip) value by value.
     """
     if ckpt_path is None:
         return []
@@ -129,7 +136,34 @@ def checkpoint_problems(
     except (RuntimeError, EOFError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         return [f"--ckpt_path '{path}' is corrupt or truncated ({reason}); resume from an earlier checkpoint"]
-    return _state_problems(path, checkpoint, model)
+    return _state_problems(path, checkpoint, model) or _hparam_problems(path, checkpoint, hparams)
+
+
+# How a run executes, not what it computes: free to change when a run resumes (e.g. on another machine).
+EXECUTION_HPARAMS = frozenset({"compile", "_instantiator"})
+
+
+def _hparam_problems(path: Path, checkpoint: dict, hparams: dict[str, Any] | None) -> list[str]:
+    """The LightningModule's hyperparameters that differ between the checkpoint and this run's config: a resumed run
+    keeps the ones it started with, so a changed learning rate or schedule would silently be neither."""
+    saved = checkpoint.get("hyper_parameters")
+    if hparams is None or not isinstance(saved, dict):
+        return []
+    given, saved = _plain(hparams), _plain(saved)
+    differ = sorted(k for k in given.keys() & saved.keys() - EXECUTION_HPARAMS if given[k] != saved[k])
+    if not differ:
+        return []
+    details = "; ".join(f"model.{k}: {saved[k]!r} in the checkpoint, {given[k]!r} here" for k in differ)
+    return [
+        f"--ckpt_path '{path}' was saved with other hyperparameters ({details}); a resumed run keeps the ones it "
+        "started with. Resume with the config that made it, or start a new run from its weights with "
+        "--model.init_checkpoint instead of --ckpt_path"
+    ]
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON-like values (tuples as lists, paths as strings), so a saved and a parsed value compare equal."""
+    return json.loads(json.dumps(dict(values), default=str))
 
 
 def _state_problems(path: Path, checkpoint: Any, model: torch.nn.Module | None) -> list[str]:

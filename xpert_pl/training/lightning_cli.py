@@ -11,7 +11,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from xpert_pl.errors import ConfigError, raise_if_problems
+from xpert_pl.errors import raise_if_problems
 from xpert_pl.training.module import CausalLMModule
 from xpert_pl.training.warm_start import check_vocabularies
 
@@ -45,16 +45,10 @@ class XpertCLI(LightningCLI):
             config["weights_only"] = True
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads a --ckpt_path file's hyperparameters while parsing: a damaged file must surface as the
-        # user's error, not a traceback from torch.load.
-        try:
-            super()._parse_ckpt_path()
-        except (OSError, RuntimeError, EOFError) as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(
-                [f"--ckpt_path '{path}' is corrupt or truncated ({reason}); resume from an earlier checkpoint"]
-            ) from err
+        # LightningCLI would lay a --ckpt_path file's hyperparameters over the config (but not for `last`), so an
+        # option the user changed would be silently replaced. The model is built as the config says, and
+        # `before_fit` refuses a checkpoint whose hyperparameters differ (`checkpoint_problems`).
+        return
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, its checkpoints written atomically (`AtomicCheckpointIO`) unless the config names another
@@ -96,7 +90,8 @@ class XpertCLI(LightningCLI):
         model = _meta_model(self.model)
         problems = self.run_folder.problems()
         problems += _shape_problems(model, self.datamodule)
-        problems += checkpoint_problems(ckpt_path, _checkpoint_dir(self.trainer, run_dir), model, weights_only)
+        directory, hparams = _checkpoint_dir(self.trainer, run_dir), dict(self.model.hparams)
+        problems += checkpoint_problems(ckpt_path, directory, model, weights_only, hparams)
         raise_if_problems(problems)
         self.run_folder.acquire()
         self.trainer.callbacks.append(self.run_folder)  # lets the lock go if the run fails
