@@ -155,14 +155,24 @@ def _bank(path, experts, strategy, domain=None):
 
 
 def test_the_single_domain_table_compares_xpert_with_each_domains_specialists(tmp_path):
+    from scipy import stats
+
     from xpert_pl.layout import RunLayout
 
-    own = {"xpert": {0: 3.0, 1: 3.2, 2: 3.1}, "domain_law": {0: 2.9, 1: 3.1, 2: 3.05}}  # law's experts: -0.0833
+    own = {  # domain -> method -> seed -> loss on the domain's split; law's experts: -0.0833 below XPERT's
+        "law": {"xpert": {0: 3.0, 1: 3.2, 2: 3.1}, "domain_law": {0: 2.9, 1: 3.1, 2: 3.05}},
+        "news": {"xpert": {0: 4.0, 1: 4.1, 2: 4.3}, "domain_news": {0: 4.05, 1: 4.1, 2: 4.2}},
+    }
     final = {**FINAL, "domain_law": {0: 2.95, 1: 3.02, 2: 2.96}, "random_experts": {0: 3.0, 1: 3.1, 2: 3.0}}
+    final["domain_news"] = {0: 2.9, 1: 3.0, 2: 2.9}
     layout = RunLayout(tmp_path)
     _bank(layout.bank, [[0, 13], [5, 3]], "consistent")
     _bank(layout.control_bank("domain_law"), [[9, 13], [3, 5]], "domain_specialist", "law")
+    _bank(layout.control_bank("domain_news"), [[1, 2], [3, 7]], "domain_specialist", "news")
     _bank(layout.control_bank("random_experts"), [[1, 2], [3, 4]], "random")
+
+    def values(key):
+        return own[key.split("/")[-1]] if key.count("/") == 2 else final
 
     class Comparison:
         class runs:
@@ -176,16 +186,19 @@ def test_the_single_domain_table_compares_xpert_with_each_domains_specialists(tm
             return [("2l", "long")]
 
         def spread(self, scale, budget, method, key="val/loss"):
-            return spread(list((own if key == "val/loss/law" else final)[method].values()))
+            return spread(list(values(key)[method].values()))
 
         def compare(self, scale, budget, a, b, key="val/loss"):
-            values = own if key == "val/loss/law" else final
-            return paired(values[a], values[b]) if b in values else paired({}, {})
+            return paired(values(key)[a], values(key)[b]) if b in values(key) else paired({}, {})
 
     (table,) = (b for b in single_domain_section(Comparison()) if isinstance(b, Table))
-    (row,) = table.rows  # random experts were not chosen from one domain: no row
-    assert row[:4] == ["domain_law", "law", "[9, 13] [3, 5]", "3 of 4"]
-    assert row[4].startswith("2.9767 ± ") and row[5].startswith("-0.0433 [") and row[5].endswith("(3 seeds)")
-    assert row[6].startswith("3.0167 ± ") and row[7].startswith("+0.0833 [")
-    (layout.control_bank("domain_law") / "manifest.json").unlink()
+    law, news = table.rows  # random experts were not chosen from one domain: no row
+    assert law[:4] == ["domain_law", "law", "[9, 13] [3, 5]", "3 of 4"] and news[3] == "1 of 4"
+    assert law[4].startswith("2.9767 ± ") and law[5].startswith("-0.0433 [") and law[5].endswith("(3 seeds)")
+    assert law[6].startswith("3.0167 ± ") and law[7].startswith("+0.0833 [")
+    p = [stats.ttest_rel(list(own[d]["xpert"].values()), list(own[d][f"domain_{d}"].values())).pvalue for d in own]
+    assert p[0] < p[1]  # Benjamini-Hochberg over 2 tests: the smaller p doubles unless the larger one is below that
+    assert [float(law[8]), float(news[8])] == pytest.approx([min(2 * p[0], p[1]), p[1]], rel=1e-2)
+    for method in ("domain_law", "domain_news"):
+        (layout.control_bank(method) / "manifest.json").unlink()
     assert single_domain_section(Comparison()) == []  # no bank chosen from one domain: no section

@@ -15,8 +15,8 @@ from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import seed_band
 from xpert_pl.report.render import Block, Bullets, Heading, Paragraph, Table
 from xpert_pl.report.runs import XPERT, read_json_or_none
-from xpert_pl.report.sections import fmt_spread, paired_cells
-from xpert_pl.report.stats import Paired
+from xpert_pl.report.sections import fmt_p, fmt_spread, paired_cells
+from xpert_pl.report.stats import Paired, bh_adjusted
 
 # (steps, mean, min, max) of a method's validation curves over seeds, as `seed_band` gives them.
 Band = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -113,32 +113,43 @@ def single_domain_section(analysis: RunComparison) -> list[Block]:
     xpert_experts = _bank_experts(read_json_or_none(bank_manifest(layout.bank)))
     blocks: list[Block] = []
     for scale, budget in analysis.headline_groups():
-        rows = []
+        rows, own_tests = [], []
         for method in analysis.runs.methods(scale, budget):
             manifest = read_json_or_none(bank_manifest(layout.control_bank(method)))
             domain = _specialist_domain(manifest)
             if domain is None or not analysis.compare(scale, budget, XPERT, method).n:
                 continue
-            experts = _bank_experts(manifest)
-            own = f"{VAL_LOSS}/{domain}"
+            experts, own = _bank_experts(manifest), f"{VAL_LOSS}/{domain}"
+            own_tests.append(analysis.compare(scale, budget, XPERT, method, own))
             numbers = [
                 fmt_spread(analysis.spread(scale, budget, method)),
                 _difference(analysis.compare(scale, budget, XPERT, method)),
                 fmt_spread(analysis.spread(scale, budget, method, own)),
-                _difference(analysis.compare(scale, budget, XPERT, method, own)),
+                _difference(own_tests[-1]),
             ]
             rows.append([method, domain, " ".join(map(str, experts)), _shared(experts, xpert_experts), *numbers])
+        for row, adjusted in zip(rows, _adjusted(own_tests), strict=True):
+            row.append(adjusted)
         if rows:
-            blocks += [Heading(3, f"{scale}/{budget}"), Table(SINGLE_DOMAIN_HEADER, rows, (False,) * 4 + (True,) * 4)]
+            blocks += [Heading(3, f"{scale}/{budget}"), Table(SINGLE_DOMAIN_HEADER, rows, (False,) * 4 + (True,) * 5)]
     if not blocks:
         return []
     note = (
         f"XPERT's experts per layer: {' '.join(map(str, xpert_experts))}. Final validation loss (nats/token, "
         "mean ± std over seeds) of each single-domain choice, on all domains and on its own domain's split, and XPERT "
         "minus it paired by seed (95% t interval, p unadjusted): a positive difference means the domain's own "
-        "experts end lower. The own-domain column asks whether a domain's specialists serve that domain better."
+        "experts end lower. The own-domain column asks whether a domain's specialists serve that domain better; its "
+        "p-values are also given adjusted over the table's domains (Benjamini-Hochberg), the all-domains ones are "
+        "adjusted with XPERT's other tests in the verdict."
     )
     return [Heading(2, "Experts from one domain (the paper's Figure 5)"), Paragraph(note), *blocks]
+
+
+def _adjusted(tests: list[Paired]) -> list[str]:
+    """Benjamini-Hochberg adjusted p of each test, over those with a p-value ('-' for the others)."""
+    finite = [i for i, t in enumerate(tests) if t.p_value is not None and np.isfinite(t.p_value)]
+    adjusted = dict(zip(finite, bh_adjusted([tests[i].p_value for i in finite]), strict=True)) if finite else {}
+    return [fmt_p(adjusted[i]) if i in adjusted else "-" for i in range(len(tests))]
 
 
 SINGLE_DOMAIN_HEADER = [
@@ -150,6 +161,7 @@ SINGLE_DOMAIN_HEADER = [
     "XPERT - method (all)",
     "loss on its domain",
     "XPERT - method (its domain)",
+    "adjusted p (its domain)",
 ]
 
 
