@@ -65,11 +65,9 @@ def test_the_reference_matrices_are_the_issues_design():
     assert set(design.methods) - set(headline.methods) == {"xpert_target_init", "aligned_xpert", "domain_code"}
     assert set(headline.cells()) < set(design.cells()) and len(design.cells()) == 55
     domains = load_matrix(REPO / "configs" / "bench" / "reference-domains.yaml", root=REPO)
-    assert domains.out_dir == headline.out_dir and set(domains.methods) - set(design.methods) == {
-        "domain_law",
-        "domain_medicine",
-    }
-    assert set(design.cells()) < set(domains.cells()) and len(domains.cells()) == 65  # 2 more methods, 5 seeds
+    single = {f"domain_{d}" for d in ("law", "medicine", "books", "news", "science", "wikipedia")}
+    assert domains.out_dir == headline.out_dir and set(domains.methods) - set(design.methods) == single
+    assert set(design.cells()) < set(domains.cells()) and len(domains.cells()) == 85  # 6 more methods, 5 seeds
     budgets = load_matrix(REPO / "configs" / "bench" / "reference-budgets.yaml", root=REPO)
     assert budgets.out_dir != headline.out_dir and budgets.source_hf == Path("runs/bench-reference/shared/source/hf")
     assert sorted(steps * 32 * 128 for steps in budgets.budgets.values()) == [1_003_520, 2_007_040, 4_014_080]
@@ -82,10 +80,12 @@ def test_the_reference_matrices_are_the_issues_design():
         "model.model.init_args.preset": "llama-tiny-4l",
         "model.learning_rate": 3.0e-3,
     }
-    assert len(deep.cells()) == 3 * 3 and deep.budgets == headline.budgets  # 2.0 M tokens, 3 methods x 3 seeds
+    assert len(deep.cells()) == 4 * 3 and deep.budgets == headline.budgets  # 2.0 M tokens, the 2 x 2 x 3 seeds
+    assert {"scratch", "xpert", "norm_matched_scratch", "xpert_target_init"} == set(deep.methods)
     probe = load_matrix(REPO / "configs" / "bench" / "reference-4l-lr.yaml", root=REPO)
-    assert probe.out_dir != deep.out_dir and probe.source_hf == deep.source_hf and len(probe.cells()) == 2
+    assert probe.out_dir != deep.out_dir and probe.source_hf == deep.source_hf and len(probe.cells()) == 2 * 2
     assert probe.scales["4l"].overrides == deep.scales["4l"].overrides | {"model.learning_rate": 1.0e-3}
+    assert probe.scales["4l_lr1e-2"].overrides == deep.scales["4l"].overrides | {"model.learning_rate": 1.0e-2}
 
 
 def test_the_gpu_reference_is_the_same_matrix_with_a_gpu_overlay_on_every_training_stage(tiny_data_root):
