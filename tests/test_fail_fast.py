@@ -103,6 +103,15 @@ def test_truncated_checkpoint(tiny_data_root, tiny_tokenizer_dir, workdir, capsy
     _refused_unchanged(capsys, workdir, argv, "cut.ckpt", "corrupt or truncated")
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_truncated_checkpoint_to_evaluate(subcommand, tiny_data_root, tiny_tokenizer_dir, workdir, capsys):
+    torch.save({"state_dict": {"model.x": torch.zeros(4096)}}, workdir / "cut.ckpt")
+    data = (workdir / "cut.ckpt").read_bytes()
+    (workdir / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run", f"--ckpt_path={workdir / 'cut.ckpt'}")
+    _refused_unchanged(capsys, workdir, [subcommand, *argv[1:]], "cut.ckpt", "corrupt or truncated")
+
+
 def test_unwritable_run_folder(tiny_data_root, tiny_tokenizer_dir, workdir, capsys, no_expensive_work, monkeypatch):
     import xpert_pl.artifacts as artifacts
 

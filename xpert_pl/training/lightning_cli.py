@@ -96,6 +96,18 @@ class XpertCLI(LightningCLI):
         self.run_folder.acquire()
         self.trainer.callbacks.append(self.run_folder)  # lets the lock go if the run fails
 
+    def before_validate(self) -> None:
+        """A missing, corrupt or foreign `--ckpt_path` is the user's error (exit 2), not a traceback from torch.load."""
+        from xpert_pl.training.checkpointing import checkpoint_problems
+
+        config = self.config[self.subcommand]
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        weights_only = config.get("weights_only") is not False  # unpickle only when the user vouches for the file
+        directory = _checkpoint_dir(self.trainer, run_dir)
+        raise_if_problems(checkpoint_problems(config.get("ckpt_path"), directory, None, weights_only))
+
+    before_test = before_validate
+
     def after_fit(self) -> None:
         folder = getattr(self, "run_folder", None)
         if folder is not None:
