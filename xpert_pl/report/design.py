@@ -116,14 +116,14 @@ def single_domain_section(analysis: RunComparison) -> list[Block]:
         rows, own_tests = [], []
         for method in analysis.runs.methods(scale, budget):
             manifest = read_json_or_none(bank_manifest(layout.control_bank(method)))
-            domain = _specialist_domain(manifest)
-            if domain is None or not analysis.compare(scale, budget, XPERT, method).n:
+            domain, overall = _specialist_domain(manifest), analysis.compare(scale, budget, XPERT, method)
+            if domain is None or not overall.n:
                 continue
             experts, own = _bank_experts(manifest), f"{VAL_LOSS}/{domain}"
             own_tests.append(analysis.compare(scale, budget, XPERT, method, own))
             numbers = [
                 fmt_spread(analysis.spread(scale, budget, method)),
-                _difference(analysis.compare(scale, budget, XPERT, method)),
+                _difference(overall),
                 fmt_spread(analysis.spread(scale, budget, method, own)),
                 _difference(own_tests[-1]),
             ]
@@ -146,8 +146,8 @@ def single_domain_section(analysis: RunComparison) -> list[Block]:
 
 
 def _adjusted(tests: list[Paired]) -> list[str]:
-    """Benjamini-Hochberg adjusted p of each test, over those with a p-value ('-' for the others)."""
-    finite = [i for i, t in enumerate(tests) if t.p_value is not None and np.isfinite(t.p_value)]
+    """Benjamini-Hochberg adjusted p of each test, over those a t-test was made for ('-' for the others)."""
+    finite = [i for i, t in enumerate(tests) if t.tested]
     adjusted = dict(zip(finite, bh_adjusted([tests[i].p_value for i in finite]), strict=True)) if finite else {}
     return [fmt_p(adjusted[i]) if i in adjusted else "-" for i in range(len(tests))]
 

@@ -56,6 +56,11 @@ class Paired:
         return len(self.seeds)
 
     @property
+    def tested(self) -> bool:
+        """Whether a t-test was made (enough seeds, differences that vary): what a multiple-test adjustment counts."""
+        return self.direction not in ("too few seeds", "constant")
+
+    @property
     def direction(self) -> str:
         """The verdict: 'lower'/'higher' when the t interval excludes 0 (p < 0.05), else 'unclear'.
 

@@ -10,14 +10,12 @@ from xpert_pl.report.runs import XPERT
 from xpert_pl.report.sections import fmt_details, fmt_interval, fmt_p
 from xpert_pl.report.stats import Paired, bh_adjusted
 
-NO_TEST = ("too few seeds", "constant")
-
 
 def verdict_sentence(subject: str, other: str, result: Paired, where: str) -> str:
     """A plain sentence: is `subject`'s final validation loss lower, higher or indistinguishable from `other`'s?"""
     name = "XPERT" if subject == XPERT else f"`{subject}`"
     other_name = "XPERT" if other == XPERT else f"`{other}`"
-    if result.direction in NO_TEST:
+    if not result.tested:
         tail = f" XPERT is not shown to beat {other_name}." if subject == XPERT else ""
         if result.direction == "constant":
             return (
@@ -70,7 +68,7 @@ def verdict_section(analysis: RunComparison) -> list[Block]:
 def multiplicity_sentences(tests: dict[str, Paired], where: str) -> list[Block]:
     """XPERT's tested comparisons on one scale with Benjamini-Hochberg adjusted p-values: with several baselines,
     some p < 0.05 are expected by chance alone (7 true-null tests give at least one in about 30% of runs)."""
-    tested = {other: r for other, r in tests.items() if r.p_value is not None and r.direction not in NO_TEST}
+    tested = {other: r for other, r in tests.items() if r.tested}
     if len(tested) < 2:
         return []
     adjusted = dict(zip(tested, bh_adjusted([r.p_value for r in tested.values()]), strict=True))
