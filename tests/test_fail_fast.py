@@ -80,6 +80,39 @@ def test_ckpt_path_of_another_model(tiny_data_root, tiny_tokenizer_dir, workdir,
     _refused_unchanged(capsys, workdir, argv, "other.ckpt", "another model", "embed_tokens")
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_checkpoint_of_another_model_to_evaluate(subcommand, tiny_data_root, tiny_tokenizer_dir, workdir, capsys):
+    state = {"model.model.embed_tokens.weight": torch.zeros(999, 64), "model.lm_head.weight": torch.zeros(999, 64)}
+    torch.save({"state_dict": state, "global_step": 5}, workdir / "other.ckpt")
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run", f"--ckpt_path={workdir / 'other.ckpt'}")
+    _refused_unchanged(capsys, workdir, [subcommand, *argv[1:]], "other.ckpt", "another model", "embed_tokens")
+
+
+def test_evaluating_a_run_leaves_it_as_it_was(tiny_data_root, tiny_tokenizer_dir, workdir):
+    # Lightning's CSVLogger deletes the metrics.csv of the folder it logs into, and the config would be saved over the
+    # run's: validate/test log into <run>/<subcommand>/version_N instead. A training-only option may differ.
+    from xpert_pl.cli import main
+    from xpert_pl.report.runs import read_metrics_csv
+
+    run = workdir / "run"
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, run, "--trainer.val_check_interval=1")
+    main(argv)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    fit_loss = [row["val/loss"] for row in read_metrics_csv(run / "metrics.csv") if "val/loss" in row][-1]
+    for ckpt in ("last", run / "checkpoints" / "last.ckpt"):
+        main(["validate", *argv[1:], "--model.learning_rate=0.5", f"--ckpt_path={ckpt}"])
+    assert {p: p.read_bytes() for p in before} == before, "validate/test changed the run they evaluated"
+    for version in ("version_0", "version_1"):
+        rows = read_metrics_csv(run / "validate" / version / "metrics.csv")
+        assert [row["val/loss"] for row in rows] == [pytest.approx(fit_loss, abs=1e-6)]
+        assert "learning_rate: 0.5" in (run / "validate" / version / "config.yaml").read_text()
+
+
+def test_test_on_data_without_test_sets(tiny_data_root, tiny_tokenizer_dir, workdir, capsys, no_expensive_work):
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run")
+    _refused_unchanged(capsys, workdir, ["test", *argv[1:]], "PretrainDataModule has no test sets", "xpert validate")
+
+
 def test_ckpt_path_saved_with_other_hyperparameters(tiny_data_root, tiny_tokenizer_dir, workdir, capsys):
     # LightningCLI itself would lay a checkpoint file's hyperparameters over the config and train at the old rate.
     from xpert_pl.cli import main

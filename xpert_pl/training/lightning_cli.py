@@ -3,6 +3,7 @@ run folder, and a parse-only mode that checks a configuration without building i
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,8 @@ from xpert_pl.training.warm_start import check_vocabularies
 
 # The subcommands `xpert` hands to LightningCLI (xpert_pl.cli.LIGHTNING_COMMANDS, kept there without importing this).
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+log = logging.getLogger(__name__)
 
 
 class XpertCLI(LightningCLI):
@@ -43,6 +46,8 @@ class XpertCLI(LightningCLI):
         if self.subcommand == "fit" and config.get("weights_only") is None:
             # Resuming unpickles the checkpoint: only tensors and plain data unless the user vouches for the file.
             config["weights_only"] = True
+        if self.subcommand in ("validate", "test"):
+            self.evaluated_run_dir = _log_beside_the_run(config, self.subcommand)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would lay a --ckpt_path file's hyperparameters over the config (but not for `last`), so an
@@ -97,16 +102,34 @@ class XpertCLI(LightningCLI):
         self.trainer.callbacks.append(self.run_folder)  # lets the lock go if the run fails
 
     def before_validate(self) -> None:
-        """A missing, corrupt or foreign `--ckpt_path` is the user's error (exit 2), not a traceback from torch.load."""
+        """A missing, corrupt or foreign `--ckpt_path` is the user's error (exit 2), not a traceback from torch.load or
+        load_state_dict. Training hyperparameters (learning rate, schedule) may differ: they do not change an
+        evaluation."""
         from xpert_pl.training.checkpointing import checkpoint_problems
 
         config = self.config[self.subcommand]
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        run_dir = getattr(self, "evaluated_run_dir", None) or log_dir
+        if run_dir != log_dir:
+            log.info(
+                "%s logs into %s, beside the run in %s (which it leaves as it is)", self.subcommand, log_dir, run_dir
+            )
         weights_only = config.get("weights_only") is not False  # unpickle only when the user vouches for the file
-        directory = _checkpoint_dir(self.trainer, run_dir)
-        raise_if_problems(checkpoint_problems(config.get("ckpt_path"), directory, None, weights_only))
+        directory, model = _checkpoint_dir(self.trainer, run_dir), _meta_model(self.model)
+        raise_if_problems(checkpoint_problems(config.get("ckpt_path"), directory, model, weights_only))
 
-    before_test = before_validate
+    def before_test(self) -> None:
+        from lightning import LightningDataModule
+
+        self.before_validate()
+        if type(self.datamodule).test_dataloader is LightningDataModule.test_dataloader:
+            raise_if_problems(
+                [
+                    f"xpert test: the data module {type(self.datamodule).__name__} has no test sets (pre-training data "
+                    "has train and validation splits only); evaluate it with `xpert validate`, or test with a data "
+                    "module that has them (xpert_pl.data.SFTDataModule: its evaluation sets)"
+                ]
+            )
 
     def after_fit(self) -> None:
         folder = getattr(self, "run_folder", None)
@@ -176,6 +199,31 @@ def _shape_problems(model, datamodule) -> list[str]:
             "--data.init_args.block_size or raise the model's max_position_embeddings"
         )
     return problems
+
+
+def _log_beside_the_run(config, subcommand: str) -> Path | None:
+    """validate/test write into `<run folder>/<subcommand>/version_N` when their CSVLogger's folder holds anything
+    (e.g. the run whose checkpoint they evaluate): Lightning's CSVLogger deletes the metrics.csv of the folder it logs
+    into, and the config would be saved over the run's. Returns that folder (None: logged where configured)."""
+    from xpert_pl.layout import last_checkpoint
+
+    logger = (config.get("trainer") or {}).get("logger")
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or not str(getattr(logger, "class_path", "")).endswith("CSVLogger"):
+        return None
+    version = init_args.get("version")
+    if version is None:
+        return None  # the logger picks a new version_N folder itself
+    name = init_args.get("name") or ""
+    folder = (
+        Path(init_args.get("save_dir") or ".") / name / (version if isinstance(version, str) else f"version_{version}")
+    )
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    init_args["save_dir"], init_args["name"], init_args["version"] = str(folder / subcommand), "", None
+    if config.get("ckpt_path") == "last" and last_checkpoint(folder / "checkpoints") is not None:
+        config["ckpt_path"] = str(last_checkpoint(folder / "checkpoints"))  # the run's, not the new folder's
+    return folder
 
 
 def _checkpoint_dir(trainer, run_dir: Path) -> Path:
