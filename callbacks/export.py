@@ -78,7 +78,7 @@ def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, model: PreTra
     """The model card's facts: method and provenance from the init report, tokens seen, last `val/loss`."""
     report = getattr(pl_module, "init_report", None)
     source, bank = provenance(report.details) if report is not None else (None, None)
-    val_loss = trainer.callback_metrics.get("val/loss")
+    val_loss = _last_val_loss(trainer)
     tokens_seen = getattr(pl_module, "tokens_seen", None)
     return ModelFacts.of_model(
         model,
@@ -88,8 +88,25 @@ def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, model: PreTra
         # A warm start (e.g. SFT of an exported student) names the method its source was made with.
         source_method=(read_facts(source) or {}).get("method") if source else None,
         tokens_seen=None if tokens_seen is None else int(tokens_seen),
-        final_val_loss=None if val_loss is None else float(val_loss),
+        final_val_loss=val_loss,
     )
+
+
+def _last_val_loss(trainer: L.Trainer) -> float | None:
+    """`val/loss` as last computed, else as last logged: a run resumed at its last step validates no more."""
+    import csv
+
+    from xpert_pl.layout import METRICS_FILE
+
+    value = trainer.callback_metrics.get("val/loss")
+    if value is not None:
+        return float(value)
+    metrics = Path(trainer.log_dir or trainer.default_root_dir) / METRICS_FILE
+    if not metrics.is_file():
+        return None
+    with metrics.open(newline="") as fh:
+        logged = [row["val/loss"] for row in csv.DictReader(fh) if row.get("val/loss") not in ("", None)]
+    return float(logged[-1]) if logged else None
 
 
 def _gathered_state_dict(trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:

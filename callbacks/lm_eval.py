@@ -113,7 +113,7 @@ class LMEvalCallback(ScheduledEvaluation):
             out_dir = Path(log_dir or ".") / self.dirname
             with trainer.precision_plugin.predict_step_context():
                 metrics = self.evaluate(
-                    pl_module.model, self._resolve_tokenizer(trainer), out_dir, trainer.global_step, trainer
+                    pl_module.model, self._resolve_tokenizer(trainer), out_dir, self.global_step(trainer), trainer
                 )
         return trainer.strategy.broadcast(metrics, src=0)
 

@@ -90,7 +90,7 @@ class RougeLCallback(ScheduledEvaluation):
         metrics = None
         if trainer.is_global_zero:
             out_dir = Path(log_dir or ".") / self.dirname
-            metrics = self.evaluate(pl_module, self._tokenizer(trainer), out_dir, trainer.global_step, trainer)
+            metrics = self.evaluate(pl_module, self._tokenizer(trainer), out_dir, self.global_step(trainer), trainer)
         return trainer.strategy.broadcast(metrics, src=0)
 
     def evaluate(

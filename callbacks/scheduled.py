@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import logging
 from typing import Any, Literal
 
 import lightning as L
@@ -11,6 +12,8 @@ from xpert_pl.errors import ConfigError
 from xpert_pl.paths import path_component_problem
 
 When = Literal["validation", "fit_end"]
+
+log = logging.getLogger(__name__)
 
 
 class ScheduledEvaluation(L.Callback, abc.ABC):
@@ -28,6 +31,8 @@ class ScheduledEvaluation(L.Callback, abc.ABC):
             raise ConfigError([f"{type(self).__name__}: {problem}"])
         self.dirname = dirname
         self._validations = 0
+        self._resumed_at_step: int | None = None  # set when a run resumes at its last step
+        self._evaluated_at_end = False
 
     @abc.abstractmethod
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
@@ -42,14 +47,40 @@ class ScheduledEvaluation(L.Callback, abc.ABC):
         metrics = self._run(trainer, pl_module)
         pl_module.log_dict(metrics, add_dataloader_idx=False)
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        step = int(checkpoint.get("global_step", 0))
+        if self.when == "fit_end" and trainer.max_steps > 0 and step >= trainer.max_steps:
+            self._resumed_at_step = step  # the checkpoint was saved before this run's fit-end evaluation
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed at its last step skips the train loop and on_train_end: its fit-end evaluation runs here.
+        if self._resumed_at_step is not None:
+            self._evaluate_at_end(trainer, pl_module)
+            self._resumed_at_step = None
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not on_fit_end: Lightning has moved the model to the CPU by then.
-        if self.when != "fit_end":
-            return
+        if self.when == "fit_end":
+            self._evaluate_at_end(trainer, pl_module)
+
+    def global_step(self, trainer: L.Trainer) -> int:
+        """The step the evaluated weights are at (at fit start a resumed run's step is not restored yet)."""
+        return trainer.global_step if self._resumed_at_step is None else self._resumed_at_step
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.when == "fit_end" and not self._evaluated_at_end:
+            log.warning(
+                "%s: the fit-end evaluation did not run (the run resumed at its last step, and its strategy restores "
+                "the checkpoint only after fit start); evaluate the exported model instead",
+                type(self).__name__,
+            )
+
+    def _evaluate_at_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = self._run(trainer, pl_module)
+        self._evaluated_at_end = True
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(metrics, step=self.global_step(trainer))
                 logger.save()
 
     def state_dict(self) -> dict[str, Any]:

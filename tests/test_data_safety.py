@@ -56,6 +56,42 @@ def test_a_second_fit_into_a_finished_run_is_refused(finished_run, capsys):
     assert tree_digest(run.parent) == before
 
 
+def test_resuming_a_run_at_its_last_step_keeps_its_metrics(tiny_data_root, tiny_tokenizer_dir, tmp_path):
+    # A run killed after its last checkpoint (e.g. during the final export) is resumed at max_steps: Lightning then
+    # skips the train loop and its hooks, and metrics.csv (deleted by the CSVLogger on start) was not restored.
+    from xpert_pl.report.runs import read_metrics_csv
+
+    argv = tiny_fit_args(_config(tmp_path, every=4), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
+    main(argv)
+    run = tmp_path / "run"
+    rows = read_metrics_csv(run / "metrics.csv")
+    shutil.rmtree(run / "hf")  # as a kill during the export leaves it
+    main([*argv, "--ckpt_path", "last"])
+    assert read_metrics_csv(run / "metrics.csv") == rows and any("val/loss" in row for row in rows)
+    assert "| 5." in (run / "hf" / "README.md").read_text().split("final validation loss")[1][:40]
+
+
+def test_a_run_resumed_at_its_last_step_runs_its_fit_end_evaluation(tiny_data_root, tiny_tokenizer_dir, tmp_path):
+    # Its checkpoint was saved before the fit-end evaluation (e.g. lm-eval), which a kill may have cut short; Lightning
+    # skips on_train_end when a run resumes at max_steps, so the evaluation never ran.
+    from xpert_pl.report.runs import read_metrics_csv
+
+    record = tmp_path / "evaluated.txt"
+    end_eval = {"class_path": "kill_switch.CountedEndEvaluation", "init_args": {"record": str(record)}}
+    config = _config(tmp_path, every=4, extra_callback=end_eval)
+    argv = tiny_fit_args(config, tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
+    sys.path.insert(0, str(REPO / "tests" / "training"))
+    try:
+        main(argv)
+        shutil.rmtree(tmp_path / "run" / "hf")
+        main([*argv, "--ckpt_path", "last"])
+    finally:
+        sys.path.remove(str(REPO / "tests" / "training"))
+    assert record.read_text().split() == ["4", "4"]
+    rows = read_metrics_csv(tmp_path / "run" / "metrics.csv")
+    assert [row["step"] for row in rows if "eval/end" in row] == [4]
+
+
 def test_a_folder_locked_by_another_fit_is_refused(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
     from filelock import FileLock
 

@@ -108,6 +108,20 @@ def test_evaluating_a_run_leaves_it_as_it_was(tiny_data_root, tiny_tokenizer_dir
         assert "learning_rate: 0.5" in (run / "validate" / version / "config.yaml").read_text()
 
 
+def test_evaluation_that_would_replace_a_run_or_a_users_file(tiny_data_root, tiny_tokenizer_dir, workdir, capsys):
+    from xpert_pl.cli import main
+
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run")
+    main(argv)
+    # Without --ckpt_path, a fresh model would be filed under the run as if it were the run.
+    _refused_unchanged(capsys, workdir, ["validate", *argv[1:]], "holds a run, but no --ckpt_path", "--ckpt_path last")
+    # Without a logger, Lightning saves the config into the working directory, over the user's file.
+    (workdir / "config.yaml").write_text("a user's file\n")
+    ckpt = f"--ckpt_path={workdir / 'run' / 'checkpoints' / 'last.ckpt'}"
+    no_logger = ["validate", *argv[1:], ckpt, "--trainer.logger=false"]
+    _refused_unchanged(capsys, workdir, no_logger, "would log into", "config.yaml", "--trainer.default_root_dir")
+
+
 def test_test_on_data_without_test_sets(tiny_data_root, tiny_tokenizer_dir, workdir, capsys, no_expensive_work):
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run")
     _refused_unchanged(capsys, workdir, ["test", *argv[1:]], "PretrainDataModule has no test sets", "xpert validate")

@@ -109,6 +109,7 @@ class XpertCLI(LightningCLI):
 
         config = self.config[self.subcommand]
         log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        raise_if_problems(_evaluation_log_problems(self.subcommand, log_dir))
         run_dir = getattr(self, "evaluated_run_dir", None) or log_dir
         if run_dir != log_dir:
             log.info(
@@ -220,10 +221,29 @@ def _log_beside_the_run(config, subcommand: str) -> Path | None:
     )
     if not folder.is_dir() or not any(folder.iterdir()):
         return None
+    if not config.get("ckpt_path") and not (config.get("model") or {}).get("init_checkpoint"):
+        problem = (
+            f"xpert {subcommand}: '{folder}' holds a run, but no --ckpt_path is given, so a freshly initialised "
+            "model would be evaluated as if it were that run. Evaluate the run with --ckpt_path last (or a .ckpt "
+            "file); to evaluate the initialisation, log elsewhere with --trainer.logger.init_args.save_dir=<new folder>"
+        )
+        raise_if_problems([problem])
     init_args["save_dir"], init_args["name"], init_args["version"] = str(folder / subcommand), "", None
     if config.get("ckpt_path") == "last" and last_checkpoint(folder / "checkpoints") is not None:
         config["ckpt_path"] = str(last_checkpoint(folder / "checkpoints"))  # the run's, not the new folder's
     return folder
+
+
+def _evaluation_log_problems(subcommand: str, log_dir: Path) -> list[str]:
+    """validate/test save their config into their log folder (and a CSVLogger deletes its metrics.csv): refused
+    where that would replace a file, e.g. with another logger or none (the working directory)."""
+    kept = [log_dir / name for name in ("config.yaml", "metrics.csv") if (log_dir / name).exists()]
+    if not kept:
+        return []
+    return [
+        f"xpert {subcommand} would log into '{log_dir}' and replace {', '.join(map(str, kept))}; log elsewhere with "
+        "--trainer.logger.init_args.save_dir=<new folder> (or --trainer.default_root_dir=<new folder> without a logger)"
+    ]
 
 
 def _checkpoint_dir(trainer, run_dir: Path) -> Path:

@@ -96,14 +96,18 @@ class RunFolder(L.Callback):
         if metrics.is_file() and not history.is_file():
             shutil.copy2(metrics, history)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """A resumed run's metrics.csv starts with the earlier part's rows (those before the checkpoint's step)."""
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """A resumed run's metrics.csv starts with the earlier part's rows (those before the checkpoint's step).
+
+        Here, as the checkpoint is restored, not at train start: a run resumed at its last step skips the train loop
+        and its hooks, and its history would be lost."""
         history = self.run_dir / HISTORY_FILE
         writer = _csv_writer(trainer)
         if not self.resume or not history.is_file() or writer is None:
             return
+        step = int(checkpoint.get("global_step", 0))
         with history.open(newline="") as fh:
-            rows = [_typed(row) for row in csv.DictReader(fh) if int(row["step"]) < trainer.global_step]
+            rows = [_typed(row) for row in csv.DictReader(fh) if int(row["step"]) < step]
         writer.metrics[:0] = rows
         writer.save()
         history.unlink()
