@@ -3,6 +3,8 @@ equals that of an uninterrupted run; pieces made with other settings are discard
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -89,6 +91,21 @@ def test_analysis_resumes_from_finished_domains(
     assert len(counted) == 2 and finished[0] not in {d for c in counted for d in c}
     a, b = (load_file(tmp_path / d / "counts.safetensors") for d in ("reference", "analysis"))
     assert all(torch.equal(a[k], b[k]) for k in a) and not partial.exists()
+
+
+def test_an_analysis_resumed_on_other_data_counts_anew(
+    tiny_source_dir, tiny_tokenizer_dir, tiny_data_root, tmp_path, monkeypatch
+):
+    # A domain counted on one data root was kept when the rerun named another: counts of two corpora mixed.
+    other = shutil.copytree(tiny_data_root, tmp_path / "other_root")
+    real, calls = counter.count_activations, []
+    monkeypatch.setattr(counter, "count_activations", _failing_after(real, calls, limit=1))
+    with pytest.raises(Crash):
+        main(_analyze(tiny_source_dir, tiny_tokenizer_dir, tiny_data_root, tmp_path / "analysis"))
+    calls.clear()
+    monkeypatch.setattr(counter, "count_activations", _failing_after(real, calls, limit=10**6))
+    main(_analyze(tiny_source_dir, tiny_tokenizer_dir, other, tmp_path / "analysis"))
+    assert len(calls) == 3  # every domain counted on the named data root
 
 
 def test_units_of_other_settings_are_discarded(tmp_path):

@@ -89,6 +89,33 @@ def test_the_sweep_chooses_scratchs_best_rate_for_every_cell(tmp_path, tiny_sour
     assert json.loads(runner.layout.wall_times.read_text()) == wall  # nothing ran: nothing added
 
 
+def test_a_failed_sweep_run_stops_the_bench_before_any_cell(tmp_path, tiny_source_dir, monkeypatch):
+    # Its partial metrics.csv (an early, high-rate loss) must not compete: no rate is chosen from part of the sweep.
+    launcher = SweepLauncher()
+
+    def launch(call: FitCall, log_file: Path) -> int:
+        if call.config["model"]["learning_rate"] == 1e-2:
+            call.run_dir.mkdir(parents=True, exist_ok=True)
+            (call.run_dir / "metrics.csv").write_text("step,val/loss\n1,0.5\n")  # crashed at step 2, no export
+            return 1
+        return launcher(call, log_file)
+
+    sweep = {"rates": [1e-3, 1e-2], "methods": ["scratch"]}
+    runner = MatrixRunner(load_matrix(matrix_file(tmp_path, tiny_source_dir, sweep), root=REPO), launch=launch)
+    monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
+    monkeypatch.setattr(MatrixRunner, "config_problems", lambda self: [])
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) of the learning-rate sweep did not finish .*lr0.01"):
+        runner.run()
+    assert not runner.layout.lr_sweep.exists() and len(launcher.calls) == 1  # no record, no cell
+
+
+def test_a_diverged_rate_is_never_the_best():
+    from xpert_pl.experiments.lr_sweep import best_rate
+
+    assert best_rate({"0.01": float("nan"), "0.003": 4.9, "0.001": 5.1}) == 0.003
+    assert best_rate({"0.01": float("nan"), "0.003": None}) is None
+
+
 def test_parallel_jobs_train_the_sweep_runs_at_the_same_time(tmp_path, tiny_source_dir, monkeypatch):
     import itertools
     import threading

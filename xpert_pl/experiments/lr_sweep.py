@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -46,6 +47,15 @@ def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
     missing = [run for run in runs if not hf_config(run[2].run_dir / HF_DIR).is_file()]
     with ThreadPoolExecutor(max_workers=max(1, runner.jobs)) as pool:
         list(pool.map(lambda run: train_sweep_run(runner, *run), missing))  # list(): a run's error is raised here
+    unfinished = [call.run_dir for _, _, call in runs if not hf_config(call.run_dir / HF_DIR).is_file()]
+    if unfinished:
+        # A rate whose run failed midway has a partial loss that must not compete, and without it the best rate
+        # is not known: no cell starts at a rate chosen from part of the sweep.
+        logs = ", ".join(str(run_dir / "pretrain.log") for run_dir in unfinished)
+        raise RuntimeError(
+            f"{len(unfinished)} run(s) of the learning-rate sweep did not finish (see {logs}); "
+            "rerun the bench to resume them"
+        )
     losses: dict[str, dict[str, float | None]] = {method: {} for method in sweep.methods}
     for method, rate, call in runs:
         losses[method][f"{rate:g}"] = last_validation(call.run_dir / METRICS_FILE).get("val/loss")
@@ -112,8 +122,9 @@ def copy_run(source: Path, run_dir: Path) -> None:
 
 
 def best_rate(losses: dict[str, float | None]) -> float | None:
-    """The rate (as written in `losses`' keys) with the lowest final loss; None when no run finished."""
-    finished = {rate: loss for rate, loss in losses.items() if loss is not None}
+    """The rate (as written in `losses`' keys) with the lowest final loss; None when no run ended at a finite loss
+    (a diverged run's NaN never wins)."""
+    finished = {rate: loss for rate, loss in losses.items() if loss is not None and math.isfinite(loss)}
     return float(min(finished, key=finished.__getitem__)) if finished else None
 
 

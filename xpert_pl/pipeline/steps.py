@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -107,8 +108,7 @@ def analyze(
     layers = moe_layers(source)
     fingerprint = source_fingerprint(source)
     settings = {"model_fingerprint": fingerprint, "max_tokens_per_domain": max_tokens_per_domain, "dtype": str(dtype)}
-    settings |= {"data": {k: data.hparams[k] for k in ("tokenizer", "block_size", "max_val_blocks_per_domain")}}
-    settings |= {"domains": [dataclasses.asdict(s) for s in data.domains]}
+    settings |= {"data": _counted_data(data), "domains": [dataclasses.asdict(s) for s in data.domains]}
     finished = FinishedUnits(partial_directory(out_dir), settings) if devices == 1 else None
     count_start = time.perf_counter()
     counts = _count_routing(source, data, device, devices, max_tokens_per_domain, precision, finished)
@@ -176,6 +176,19 @@ def _prepare_domains(
             f"(domains: {', '.join(data.domain_names)})"
         )
     return problems
+
+
+def _counted_data(data: PretrainDataModule) -> dict[str, Any]:
+    """What decides the tokens an analysis counts: a domain counted by an interrupted run is kept only if these match
+    (the data root resolved, so a changed $XPERT_DATA_ROOT counts anew)."""
+    from xpert_pl.paths import DataRootError, data_root
+
+    keys = ("tokenizer", "block_size", "max_val_blocks_per_domain", "val_fraction", "max_docs_per_domain")
+    try:
+        root = str(data_root(data.hparams["data_root"]))
+    except DataRootError:
+        root = None  # Hub domains only
+    return {k: data.hparams[k] for k in keys} | {"data_root": root}
 
 
 def _source_problems(model: str, selector: ExpertSelector, trust_remote_code: bool) -> list[str]:
