@@ -220,6 +220,13 @@ def test_warm_start_and_resume_together(tiny_data_root, tiny_tokenizer_dir, tmp_
     refused(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "--ckpt_path", "Drop one of them")
 
 
+def test_warm_start_with_an_initializer(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
+    # The warm start loads every weight: the XPERT initializer (and its bank) would be silently ignored.
+    extra = ["--config", str(CONFIGS / "methods" / "xpert.yaml"), f"--model.init_checkpoint={tmp_path}"]
+    err = refused(capsys, _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, *extra), "XpertInit", "would be ignored")
+    assert "--model.init_checkpoint" in err
+
+
 def test_disk_full_while_writing_a_bank(tiny_source_dir, tiny_analysis_dir, tmp_path, capsys, monkeypatch):
     import xpert_pl.artifacts as artifacts
 

@@ -150,6 +150,13 @@ def config_problems(config) -> list[str]:
             "--ckpt_path resumes an interrupted run (weights, optimizer, step, data position); "
             "--model.init_checkpoint starts a new run from those weights. Drop one of them."
         )
+    initializer = model.get("initializer")
+    initializer = getattr(initializer, "class_path", None) or (initializer or {}).get("class_path")
+    if init_checkpoint and initializer and initializer.rsplit(".", 1)[-1] != "ScratchInit":
+        problems.append(
+            f"both --model.init_checkpoint ({init_checkpoint}) and --model.initializer ({initializer}) are set: a warm "
+            "start loads every weight from the checkpoint, so the initializer would be ignored. Drop one of them."
+        )
     checks = {
         "model.learning_rate": (model.get("learning_rate"), lambda v: v > 0, "> 0"),
         "model.weight_decay": (model.get("weight_decay"), lambda v: v >= 0, ">= 0"),
