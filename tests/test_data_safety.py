@@ -20,6 +20,7 @@ import xpert_pl.training.lightning_cli  # noqa: F401  (Lightning imported at col
 from xpert_pl.artifacts import ARTIFACT_FILE, atomic_directory, write_json
 from xpert_pl.cli import main
 from xpert_pl.errors import ConfigError
+from xpert_pl.report import build
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,3 +295,22 @@ def test_a_report_never_replaces_a_foreign_folder(tmp_path, capsys):
     before = tree_digest(tmp_path)
     refused(capsys, ["report", str(runs), f"--out_dir={tmp_path / 'out'}"], "not a report the kit wrote")
     assert tree_digest(tmp_path) == before
+
+
+def test_a_report_keeps_the_files_it_did_not_write(tmp_path, capsys):
+    # A committed results folder holds the report and the matrix as run, copied beside it.
+    sys.path.insert(0, str(REPO / "tests" / "report"))
+    try:
+        from report_fixture import build_runs_dir
+    finally:
+        sys.path.remove(str(REPO / "tests" / "report"))
+    runs = build_runs_dir(tmp_path / "runs")
+    argv = ["report", str(runs), f"--out_dir={tmp_path / 'out'}"]
+    main(argv)
+    (tmp_path / "out" / "matrix.yaml").write_text("seeds: [0]\n")
+    before = tree_digest(tmp_path)
+    refused(capsys, argv, "holds files a report does not write (matrix.yaml)", "Move them out")
+    assert tree_digest(tmp_path) == before
+    (tmp_path / "out" / "matrix.yaml").unlink()
+    main(argv)  # an earlier report alone is replaced
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(build.REPORT_ENTRIES)

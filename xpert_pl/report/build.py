@@ -39,6 +39,7 @@ def write_report(
 
     out = Path(out_dir) if out_dir is not None else runs.root / "report"
     check_replaceable(out, "report")  # an existing folder is replaced only when it is an earlier report
+    check_only_report_files(out)
     analysis = RunComparison(runs)
     title = f"XPERT report: {runs.root.resolve().name}"
     with atomic_directory(out, "report") as tmp:
@@ -49,6 +50,24 @@ def write_report(
     report = out / "report.md"
     log.info("report written to %s (and report.html, report.json)", report)
     return report
+
+
+REPORT_ENTRIES = frozenset({"report.md", "report.html", "report.json", "figures", "xpert_artifact.json"})
+
+
+def check_only_report_files(out: Path) -> None:
+    """An earlier report is replaced as a whole: refused when its folder also holds files a report does not write
+    (e.g. a matrix.yaml or notes copied beside it), which would go with it."""
+    from xpert_pl.errors import ConfigError
+
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES) if out.is_dir() else []
+    if foreign:
+        raise ConfigError(
+            [
+                f"--out_dir '{out}' holds files a report does not write ({', '.join(foreign)}); replacing the report "
+                "there would delete them. Move them out, or give another --out_dir"
+            ]
+        )
 
 
 def build_blocks(analysis: RunComparison, figures: Path, layer_heatmaps: bool = False) -> list[Block]:
