@@ -227,6 +227,20 @@ def test_warm_start_with_an_initializer(tiny_data_root, tiny_tokenizer_dir, tmp_
     assert "--model.init_checkpoint" in err
 
 
+def test_warm_start_from_another_architecture(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
+    # 8 heads of 16 where the config builds 4 of 32: every tensor has the same shape, so all of them loaded.
+    from xpert_pl.models import DenseStudent
+    from xpert_pl.tokenizer import load_tokenizer
+
+    tokenizer, hf = load_tokenizer(str(tiny_tokenizer_dir)), tmp_path / "hf8"
+    heads = {"num_attention_heads": 8, "num_key_value_heads": 8}
+    DenseStudent(overrides=heads).build(len(tokenizer)).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, tmp_path, f"--model.init_checkpoint={hf}")
+    refused(capsys, argv, "another architecture", "num_attention_heads: 8 there, 4 here")
+    main([*argv, '--model.model.init_args.overrides={"num_attention_heads": 8, "num_key_value_heads": 8}'])
+
+
 def test_disk_full_while_writing_a_bank(tiny_source_dir, tiny_analysis_dir, tmp_path, capsys, monkeypatch):
     import xpert_pl.artifacts as artifacts
 

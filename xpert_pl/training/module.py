@@ -91,7 +91,7 @@ class CausalLMModule(L.LightningModule):
         if self.hparams.init_checkpoint:
             from xpert_pl.training.warm_start import check_warm_start
 
-            check_warm_start(self.hparams.init_checkpoint)
+            check_warm_start(self.hparams.init_checkpoint, self.model_builder)
         else:
             self.initializer.preflight()
         self.objective.preflight(self.hparams.vocab_size)

@@ -64,9 +64,47 @@ def load_warm_start(model: nn.Module, source: str) -> InitReport:
     return InitReport("WarmStart", sorted(state), {"source": str(path)})
 
 
-def check_warm_start(source: str) -> None:
-    """Refuse a warm start whose file is missing before any data work (its vocabulary: `check_vocabularies`)."""
+# What decides a model's computation beyond its tensors' shapes: a warm start into a model that differs in one of
+# these (e.g. 8 heads where the checkpoint had 4, same shapes) would load every tensor and compute something else.
+ARCHITECTURE_FIELDS = (
+    "model_type",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "attention_bias",
+    "mlp_bias",
+    "tie_word_embeddings",
+    "num_experts_per_tok",
+    "norm_topk_prob",
+    "clip_qkv",
+)
+
+
+def check_warm_start(source: str, builder: ModelBuilder | None = None) -> None:
+    """Refuse a warm start whose file is missing, or (for an HF directory) whose architecture differs from the
+    model the config builds, before any data work (its vocabulary: `check_vocabularies`)."""
     from xpert_pl.errors import ConfigError
 
     if not Path(source).exists():
         raise ConfigError([f"--model.init_checkpoint '{source}' does not exist (give an HF model dir or a .ckpt file)"])
+    if builder is None or not hasattr(builder, "config") or not (Path(source) / "config.json").is_file():
+        return
+    from transformers import AutoConfig
+
+    theirs = AutoConfig.from_pretrained(source, trust_remote_code=False).to_dict()
+    ours = builder.config().to_dict()
+    differ = [k for k in ARCHITECTURE_FIELDS if k in theirs and k in ours and theirs[k] != ours[k]]
+    if differ:
+        details = "; ".join(f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in differ)
+        raise ConfigError(
+            [
+                f"--model.init_checkpoint '{source}' is another architecture than --model.model builds ({details}); "
+                "the weights would load but compute something else. Build the model it was trained as (its preset and "
+                "overrides), or warm start from a model of this architecture"
+            ]
+        )
