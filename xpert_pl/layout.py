@@ -11,6 +11,7 @@ Layout of a runs folder (`xpert bench run`'s `out_dir`, read by `xpert report`):
     shared/banks/<method>/                        a control's own bank (e.g. random or rare experts), built once
     shared/lr_sweep.json, lr_sweep/<method>/lr<r>/  the learning-rate sweep (when the matrix has one)
     shared/untrained/{hf,analysis,bank}/          the same procedure on an untrained copy of the source
+    shared/wall_s.json, stage_settings.json       each shared stage's seconds, and the settings it was made with
     cells/<scale>/<budget>/<method>/seed<k>/      one pre-training run each (cell.json, metrics.csv, hf/, sft/)
     report/                                       `xpert report`'s output
 """
@@ -110,6 +111,11 @@ class RunLayout:
     def wall_times(self) -> Path:
         """Seconds each shared stage and learning-rate sweep run took, summed over reruns."""
         return self.shared / "wall_s.json"
+
+    @property
+    def stage_settings(self) -> Path:
+        """The settings each shared stage was made with: a rerun with other settings is refused, not mixed."""
+        return self.shared / "stage_settings.json"
 
     @property
     def analysis(self) -> Path:

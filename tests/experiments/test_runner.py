@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from xpert_pl.errors import ConfigError
 from xpert_pl.experiments.matrix import load_matrix
 from xpert_pl.experiments.runner import FitCall, MatrixRunner
 from xpert_pl.layout import Artifact
@@ -167,6 +168,40 @@ def test_the_tokenizer_is_trained_as_the_first_shared_stage(tmp_path, tiny_data_
     assert meta["domains"] == ["code", "law", "news"]
     assert "tokenizer_vocab_size" not in runner.pretrain_call(runner.matrix.cells()[0]).config["data"]["init_args"]
     assert runner.run_shared()["tokenizer"] == 0.0  # cached
+    spec["tokenizer"]["vocab_size"] = 400  # the cached 300-token tokenizer was reused for it
+    (tmp_path / "matrix.yaml").write_text(yaml.safe_dump(spec))
+    changed = MatrixRunner(load_matrix(tmp_path / "matrix.yaml", root=REPO), launch=FakeLauncher())
+    with pytest.raises(ConfigError, match=r"tokenizer stage .* other settings .*vocab_size: 300 there, 400 now"):
+        changed.run_shared()
+    assert json.loads((tokenizer / "xpert_tokenizer.json").read_text()) == meta
+
+
+def test_a_cell_trained_with_another_configuration_is_refused(runner, monkeypatch):
+    monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
+    cells = runner.matrix.cells()
+    assert runner.run() == {"done": len(cells)}
+    assert runner.run() == {"skipped": len(cells)}
+    runner.matrix.scales["2l"].overrides["model.learning_rate"] = 0.5  # e.g. an edited method or scale YAML
+    calls = len(runner.launch.calls)
+    with pytest.raises(ConfigError, match=r"cell .* another configuration \(model.learning_rate: 0.001 there, 0.5 now"):
+        runner.run()
+    assert len(runner.launch.calls) == calls
+
+
+def test_a_stage_added_to_the_matrix_runs_on_done_cells(runner, monkeypatch):
+    monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
+    cells = runner.matrix.cells()
+    runner.run()
+    monkeypatch.setattr(type(runner.matrix), "wants_sft", lambda self, cell: True)
+    monkeypatch.setattr(MatrixRunner, "config_problems", lambda self: [])
+    monkeypatch.setattr(
+        MatrixRunner,
+        "sft_call",
+        lambda self, cell: FitCall({}, self.layout.cell(cell.scale, cell.budget, cell.method, cell.seed) / "sft"),
+    )
+    calls = len(runner.launch.calls)
+    assert runner.run() == {"done": len(cells)}  # was "skipped": the sft stage never ran
+    assert [c.run_dir.name for c in runner.launch.calls[calls:]] == ["sft"] * len(cells)
 
 
 def test_a_killed_source_stage_resumes_from_its_last_checkpoint(

@@ -121,17 +121,19 @@ class MatrixRunner:
         """Tokenizer (unless `data.tokenizer` names one), source MoE (unless given), expert analysis and knowledge
         bank, each skipped once done; the same procedure on an untrained copy of the source when a method reads its
         bank (UntrainedSourceInit); each control's own bank (random or rare experts) when a method reads one."""
-        stages, layout = CachedStages("bench", record=self.layout.wall_times), self.layout
+        layout = self.layout
+        stages = CachedStages("bench", record=layout.wall_times, settings_file=layout.stage_settings)
         if "tokenizer" not in self.matrix.data:
             data_root = str(self.data_settings()["data_root"])
             stages.run(
                 "tokenizer",
                 layout.tokenizer / META_FILE,
                 lambda: train_tokenizer(layout.tokenizer, data_root, **self.matrix.tokenizer),
+                settings={"data_root": data_root, **self.matrix.tokenizer},
             )
         if self.matrix.source_hf is None:
-            stages.run("source MoE", hf_config(layout.source_hf), self._train_source)
-        stages.run("unigram baseline", layout.unigram, self._unigram_baseline)
+            stages.run("source MoE", hf_config(layout.source_hf), self._train_source, settings=self._source_config())
+        stages.run("unigram baseline", layout.unigram, self._unigram_baseline, settings=self.data_settings())
         self._analysis_and_bank(stages, "", layout.source_hf, layout.analysis, layout.bank)
         if self.needs(Artifact.UNTRAINED_BANK):
             from xpert_pl.models import make_untrained_copy  # transformers' model classes: only when needed
@@ -148,12 +150,15 @@ class MatrixRunner:
     def _train_source(self) -> None:
         from xpert_pl.pipeline.training import fit
 
-        stage, steps = self.matrix.source, self.matrix.source.steps or 0
-        settings = {"trainer.max_steps": steps, "trainer.val_check_interval": validation_interval(steps)}
         # The stage owns its folder: a run killed after a checkpoint resumes from it (an hour-long source loses at
         # most the steps since); one that died before any is replaced (kept aside until the new one completes).
         resume = run_last_checkpoint(self.layout.source_run) is not None
-        fit(self.stage_config(stage, settings), self.layout.source_run, resume=resume, overwrite=not resume)
+        fit(self._source_config(), self.layout.source_run, resume=resume, overwrite=not resume)
+
+    def _source_config(self) -> Config:
+        stage, steps = self.matrix.source, self.matrix.source.steps or 0
+        settings = {"trainer.max_steps": steps, "trainer.val_check_interval": validation_interval(steps)}
+        return self.stage_config(stage, settings)
 
     def _unigram_baseline(self) -> None:
         """A unigram model of the train split scored on the validation blocks the source (else the first student
@@ -184,10 +189,11 @@ class MatrixRunner:
         settings = {"model": str(model), "out_dir": str(analysis), "data": self.data_settings()}
         analyze_config = self.function_config(self.matrix.analyze, settings)
         selection = analysis / SELECTION_FILE
-        stages.run(f"{label}analysis", selection, lambda: call_with_config(analyze, analyze_config))
+        stages.run(f"{label}analysis", selection, lambda: call_with_config(analyze, analyze_config), analyze_config)
         settings = {"model": str(model), "selection": str(selection), "out_dir": str(bank)}
         extract_config = self.function_config(self.matrix.extract, settings)
-        stages.run(f"{label}knowledge bank", bank_manifest(bank), lambda: call_with_config(extract, extract_config))
+        run_extract = functools.partial(call_with_config, extract, extract_config)
+        stages.run(f"{label}knowledge bank", bank_manifest(bank), run_extract, extract_config)
 
     def with_overlay(self, config: Config) -> Config:
         """`config` with the matrix's `training_overlay` files laid over it (a training stage's base)."""
@@ -237,16 +243,17 @@ class MatrixRunner:
         """Run (or resume) one cell and its follow-up stages; returns its final status."""
         run_dir = self.layout.cell(cell.scale, cell.budget, cell.method, cell.seed)
         record = read_json(run_dir / CELL_FILE) if (run_dir / CELL_FILE).is_file() else {}
-        if record.get("status") == "done":
-            return "skipped"
+        stages = [("pretrain", lambda: pretrain, hf_config(run_dir / HF_DIR))]
+        if self.matrix.wants_sft(cell):
+            stages.append(("sft", lambda: self.sft_call(cell), hf_config(run_dir / "sft" / HF_DIR)))
+        if record.get("status") == "done" and all(marker.is_file() for _, _, marker in stages[1:]):
+            return "skipped"  # a follow-up stage added to the matrix since (sft) runs on a done cell
         kept = {k: record[k] for k in ("stage_wall_s", "reused_from") if k in record}  # from an earlier attempt
         record = {**_describe(cell), "status": "running", "stage_wall_s": {}, **kept}
         pretrain = self.pretrain_call(cell)
         record["learning_rate"] = pretrain.config.get("model", {}).get("learning_rate")
+        record["fit_config"] = pretrain.config  # what `changed_cell_problems` compares a rerun's with
         write_json(run_dir / CELL_FILE, record)
-        stages = [("pretrain", lambda: pretrain, hf_config(run_dir / HF_DIR))]
-        if self.matrix.wants_sft(cell):
-            stages.append(("sft", lambda: self.sft_call(cell), hf_config(run_dir / "sft" / HF_DIR)))
         for name, build, marker in stages:
             if marker.is_file():
                 continue
@@ -262,6 +269,24 @@ class MatrixRunner:
         record["tokens_budget"] = _tokens_budget(run_dir, cell.steps)
         write_json(run_dir / CELL_FILE, record)
         return "done"
+
+    def changed_cell_problems(self, cells: list[Cell]) -> list[str]:
+        """Cells trained (or started) with another configuration than the matrix gives them now (an edited method
+        YAML, another learning rate): refused before any cell runs, never kept as if they were this matrix's."""
+        from xpert_pl.experiments.stages import settings_differences
+
+        problems = []
+        for cell in cells:
+            run_dir = self.layout.cell(cell.scale, cell.budget, cell.method, cell.seed)
+            recorded = read_json(run_dir / CELL_FILE).get("fit_config") if (run_dir / CELL_FILE).is_file() else None
+            given = json.loads(json.dumps(self.pretrain_call(cell).config, default=str))
+            differ = settings_differences(recorded, given) if recorded is not None else []
+            if differ:
+                problems.append(
+                    f"cell '{run_dir}' was trained with another configuration ({'; '.join(differ[:3])}); give the "
+                    "matrix a new out_dir, or move the cell's folder away to train it anew"
+                )
+        return problems
 
     def reuse_sweep_run(self, pretrain: FitCall, run_dir: Path, record: dict[str, Any]) -> bool:
         """Copy the learning-rate sweep's finished run with the same configuration as this cell's pretraining (a
@@ -345,6 +370,7 @@ class MatrixRunner:
             log.info("[bench] learning rate of every cell: %g (the sweep's best for scratch)", self.learning_rate)
         # --only limits the cells, not the matrix: the sweep and the controls' banks need every method's config.
         cells = [c for c in self.matrix.cells() if self.only is None or c.method in self.only]
+        raise_if_problems(self.changed_cell_problems(cells))
         counts: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
             for status in tqdm(pool.map(self.run_cell, cells), total=len(cells), desc="cells", unit="cell"):
