@@ -106,6 +106,8 @@ def test_evaluating_a_run_leaves_it_as_it_was(tiny_data_root, tiny_tokenizer_dir
         rows = read_metrics_csv(run / "validate" / version / "metrics.csv")
         assert [row["val/loss"] for row in rows] == [pytest.approx(fit_loss, abs=1e-6)]
         assert "learning_rate: 0.5" in (run / "validate" / version / "config.yaml").read_text()
+    main([*argv, "--overwrite=true"])  # the evaluations of the replaced run go with it
+    assert not (run / "validate").exists() and not list(run.glob(".replaced-*"))
 
 
 def test_evaluation_that_would_replace_a_run_or_a_users_file(tiny_data_root, tiny_tokenizer_dir, workdir, capsys):

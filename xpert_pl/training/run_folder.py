@@ -33,6 +33,8 @@ RUN_ENTRIES = (
     "objective.json",
     "lm_eval",
     "generations",
+    "validate",  # xpert validate/test of the run's checkpoints (xpert_pl.training.lightning_cli)
+    "test",
 )
 
 
