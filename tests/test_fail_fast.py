@@ -124,6 +124,24 @@ def test_evaluation_that_would_replace_a_run_or_a_users_file(tiny_data_root, tin
     _refused_unchanged(capsys, workdir, no_logger, "would log into", "config.yaml", "--trainer.default_root_dir")
 
 
+def test_evaluating_a_fine_tuned_run_scores_its_checkpoint(tiny_data_root, tiny_tokenizer_dir, workdir, capsys):
+    # A warm-started run's config names the model it started from: without --ckpt_path those weights were scored
+    # and filed under the run; with it, the "both set" refusal of fit blocked the evaluation.
+    from xpert_pl.cli import main
+    from xpert_pl.report.runs import read_metrics_csv
+
+    main(_fit(tiny_data_root, tiny_tokenizer_dir, workdir / "base"))
+    tuned = workdir / "tuned"
+    warm = f"--model.init_checkpoint={workdir / 'base' / 'hf'}"
+    argv = _fit(tiny_data_root, tiny_tokenizer_dir, tuned, warm, "--trainer.val_check_interval=1")
+    main(argv)
+    final = [row["val/loss"] for row in read_metrics_csv(tuned / "metrics.csv") if "val/loss" in row][-1]
+    _refused_unchanged(capsys, workdir, ["validate", *argv[1:]], "holds a run, but no --ckpt_path")
+    main(["validate", *argv[1:], "--ckpt_path=last"])
+    (row,) = read_metrics_csv(tuned / "validate" / "version_0" / "metrics.csv")
+    assert row["val/loss"] == pytest.approx(final, abs=1e-6)
+
+
 def test_test_on_data_without_test_sets(tiny_data_root, tiny_tokenizer_dir, workdir, capsys, no_expensive_work):
     argv = _fit(tiny_data_root, tiny_tokenizer_dir, workdir / "run")
     _refused_unchanged(capsys, workdir, ["test", *argv[1:]], "PretrainDataModule has no test sets", "xpert validate")

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+import xpert_pl.experiments.runner as runner_module
 from xpert_pl.errors import ConfigError
+from xpert_pl.experiments.lr_sweep import SweepRunFailed
 from xpert_pl.experiments.matrix import load_matrix
 from xpert_pl.experiments.runner import FitCall, MatrixRunner
 from xpert_pl.layout import RunLayout
@@ -104,9 +106,12 @@ def test_a_failed_sweep_run_stops_the_bench_before_any_cell(tmp_path, tiny_sourc
     runner = MatrixRunner(load_matrix(matrix_file(tmp_path, tiny_source_dir, sweep), root=REPO), launch=launch)
     monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
     monkeypatch.setattr(MatrixRunner, "config_problems", lambda self: [])
-    with pytest.raises(RuntimeError, match=r"1 run\(s\) of the learning-rate sweep did not finish .*lr0.01"):
+    with pytest.raises(SweepRunFailed, match=r"1 run\(s\) of the learning-rate sweep did not finish .*lr0.01"):
         runner.run()
     assert not runner.layout.lr_sweep.exists() and len(launcher.calls) == 1  # no record, no cell
+    monkeypatch.setattr(runner_module, "MatrixRunner", lambda *args, **kwargs: runner)
+    with pytest.raises(SystemExit, match="xpert bench run: 1 run"):  # a message and exit 1, not a traceback
+        runner_module.bench_run(str(matrix_file(tmp_path, tiny_source_dir, sweep)))
 
 
 def test_a_diverged_rate_is_never_the_best():

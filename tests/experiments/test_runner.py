@@ -188,6 +188,16 @@ def test_a_cell_trained_with_another_configuration_is_refused(runner, monkeypatc
     assert len(runner.launch.calls) == calls
 
 
+def test_a_cell_that_failed_before_training_starts_anew_after_an_edit(runner, monkeypatch):
+    monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
+    runner.launch.status = 1  # failed before its first checkpoint: nothing trained
+    cells = runner.matrix.cells()
+    assert runner.run() == {"failed": len(cells)}
+    runner.matrix.scales["2l"].overrides["model.weight_decay"] = 0.01  # the fix
+    runner.launch.status = 0
+    assert runner.run() == {"done": len(cells)}
+
+
 def test_a_stage_added_to_the_matrix_runs_on_done_cells(runner, monkeypatch):
     monkeypatch.setattr(MatrixRunner, "run_shared", lambda self: {})
     cells = runner.matrix.cells()

@@ -29,6 +29,10 @@ FIT_CALL_FILE = "fit_call.json"  # a sweep run's configuration, as the runner bu
 log = logging.getLogger(__name__)
 
 
+class SweepRunFailed(RuntimeError):
+    """A learning-rate sweep run did not finish: no rate can be chosen (its log names why)."""
+
+
 def sweep_cell(runner: MatrixRunner, sweep: LRSweep, method: str) -> Cell:
     """The cell whose settings a sweep run of `method` uses (before its learning rate is set)."""
     matrix = runner.matrix
@@ -52,7 +56,7 @@ def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
         # A rate whose run failed midway has a partial loss that must not compete, and without it the best rate
         # is not known: no cell starts at a rate chosen from part of the sweep.
         logs = ", ".join(str(run_dir / "pretrain.log") for run_dir in unfinished)
-        raise RuntimeError(
+        raise SweepRunFailed(
             f"{len(unfinished)} run(s) of the learning-rate sweep did not finish (see {logs}); "
             "rerun the bench to resume them"
         )
@@ -131,6 +135,6 @@ def best_rate(losses: dict[str, float | None]) -> float | None:
 def sweep_record(sweep: LRSweep, losses: dict[str, dict[str, float | None]]) -> dict[str, Any]:
     chosen = best_rate(losses[sweep.methods[0]])
     if chosen is None:
-        raise RuntimeError("no run of the learning-rate sweep finished; see shared/lr_sweep/*/pretrain.log")
+        raise SweepRunFailed("no run of the learning-rate sweep finished; see shared/lr_sweep/*/pretrain.log")
     best = {method: best_rate(per_rate) for method, per_rate in losses.items()}
     return {"rates": list(sweep.rates), "seed": sweep.seed, "loss": losses, "best": best, "chosen": chosen}

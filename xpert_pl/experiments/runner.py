@@ -278,7 +278,10 @@ class MatrixRunner:
         problems = []
         for cell in cells:
             run_dir = self.layout.cell(cell.scale, cell.budget, cell.method, cell.seed)
-            recorded = read_json(run_dir / CELL_FILE).get("fit_config") if (run_dir / CELL_FILE).is_file() else None
+            trained = hf_config(run_dir / HF_DIR).is_file() or run_last_checkpoint(run_dir) is not None
+            if not trained or not (run_dir / CELL_FILE).is_file():
+                continue  # nothing trained yet: the cell starts anew with today's configuration
+            recorded = read_json(run_dir / CELL_FILE).get("fit_config")
             given = json.loads(json.dumps(self.pretrain_call(cell).config, default=str))
             differ = settings_differences(recorded, given) if recorded is not None else []
             if differ:
@@ -418,7 +421,12 @@ def bench_run(matrix: str, jobs: int = 1, only: Sequence[str] | None = None) -> 
     unknown = [m for m in only or () if m not in parsed.methods]
     if unknown:
         raise ConfigError([f"--only names {unknown}, not methods of {matrix}; choose from {', '.join(parsed.methods)}"])
-    counts = MatrixRunner(parsed, jobs=jobs, only=only or None).run(shipped_or_local(Path.cwd(), matrix))
+    from xpert_pl.experiments.lr_sweep import SweepRunFailed
+
+    try:
+        counts = MatrixRunner(parsed, jobs=jobs, only=only or None).run(shipped_or_local(Path.cwd(), matrix))
+    except SweepRunFailed as err:
+        raise SystemExit(f"xpert bench run: {err}") from None  # like a failed cell: exit 1, its log says why
     print(json.dumps({"out_dir": str(parsed.out_dir), **counts}))
     if counts.get("failed"):
         raise SystemExit(f"{counts['failed']} cell(s) failed; see <cell>/pretrain.log or sft.log, then rerun")

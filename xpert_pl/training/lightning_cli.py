@@ -42,6 +42,9 @@ class XpertCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if self.subcommand in ("validate", "test") and config.get("ckpt_path"):
+            # A fine-tuned run's config names its warm start; evaluating its checkpoint replaces those weights.
+            (config.get("model") or {})["init_checkpoint"] = None
         raise_if_problems(config_problems(config))
         if self.subcommand == "fit" and config.get("weights_only") is None:
             # Resuming unpickles the checkpoint: only tensors and plain data unless the user vouches for the file.
@@ -228,7 +231,7 @@ def _log_beside_the_run(config, subcommand: str) -> Path | None:
     )
     if not folder.is_dir() or not any(folder.iterdir()):
         return None
-    if not config.get("ckpt_path") and not (config.get("model") or {}).get("init_checkpoint"):
+    if not config.get("ckpt_path"):  # a warm start too: it would score the weights the run started from
         problem = (
             f"xpert {subcommand}: '{folder}' holds a run, but no --ckpt_path is given, so a freshly initialised "
             "model would be evaluated as if it were that run. Evaluate the run with --ckpt_path last (or a .ckpt "
