@@ -44,7 +44,7 @@ class HFExport(L.Callback):
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         model = pl_module.model if full_state is None else _unsharded_model(pl_module.model, full_state)
         _set_special_token_ids(model, tokenizer)
-        facts = _model_facts(trainer, pl_module, model)
+        facts = _model_facts(trainer, pl_module, model, Path(log_dir))
         with atomic_directory(target, "hf-model") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
@@ -74,11 +74,11 @@ def _set_special_token_ids(model: PreTrainedModel, tokenizer: Any | None) -> Non
     log.info("export's special token ids from the run's tokenizer: %s", ids)
 
 
-def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, model: PreTrainedModel) -> ModelFacts:
+def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, model: PreTrainedModel, log_dir: Path) -> ModelFacts:
     """The model card's facts: method and provenance from the init report, tokens seen, last `val/loss`."""
     report = getattr(pl_module, "init_report", None)
     source, bank = provenance(report.details) if report is not None else (None, None)
-    val_loss = _last_val_loss(trainer)
+    val_loss = _last_val_loss(trainer, log_dir)
     tokens_seen = getattr(pl_module, "tokens_seen", None)
     return ModelFacts.of_model(
         model,
@@ -92,7 +92,7 @@ def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, model: PreTra
     )
 
 
-def _last_val_loss(trainer: L.Trainer) -> float | None:
+def _last_val_loss(trainer: L.Trainer, log_dir: Path) -> float | None:
     """`val/loss` as last computed, else as last logged: a run resumed at its last step validates no more."""
     import csv
 
@@ -101,7 +101,7 @@ def _last_val_loss(trainer: L.Trainer) -> float | None:
     value = trainer.callback_metrics.get("val/loss")
     if value is not None:
         return float(value)
-    metrics = Path(trainer.log_dir or trainer.default_root_dir) / METRICS_FILE
+    metrics = log_dir / METRICS_FILE  # (trainer.log_dir is a collective under DDP: rank 0 alone may not ask)
     if not metrics.is_file():
         return None
     with metrics.open(newline="") as fh:
