@@ -94,19 +94,11 @@ def _model_facts(trainer: L.Trainer, pl_module: L.LightningModule, model: PreTra
 
 def _last_val_loss(trainer: L.Trainer, log_dir: Path) -> float | None:
     """`val/loss` as last computed, else as last logged: a run resumed at its last step validates no more."""
-    import csv
-
-    from xpert_pl.layout import METRICS_FILE
+    from xpert_pl.layout import METRICS_FILE, last_validation
 
     value = trainer.callback_metrics.get("val/loss")
-    if value is not None:
-        return float(value)
-    metrics = log_dir / METRICS_FILE  # (trainer.log_dir is a collective under DDP: rank 0 alone may not ask)
-    if not metrics.is_file():
-        return None
-    with metrics.open(newline="") as fh:
-        logged = [row["val/loss"] for row in csv.DictReader(fh) if row.get("val/loss") not in ("", None)]
-    return float(logged[-1]) if logged else None
+    # log_dir, not trainer.log_dir: that is a collective under DDP, and rank 0 alone may not ask.
+    return float(value) if value is not None else last_validation(log_dir / METRICS_FILE).get("val/loss")
 
 
 def _gathered_state_dict(trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:

@@ -172,6 +172,12 @@ def _swap_in(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def plain_json(value: Any) -> Any:
+    """`value` as it reads back from JSON (paths as strings, tuples as lists), so a recorded setting and a given one
+    compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

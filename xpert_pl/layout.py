@@ -47,6 +47,18 @@ def last_checkpoint(directory: Path | None) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def last_validation(metrics_csv: Path) -> dict[str, float]:
+    """The last logged value of every `val/*` column of a CSVLogger metrics file ({} when there is none)."""
+    import csv
+
+    final: dict[str, float] = {}
+    if metrics_csv.is_file():
+        with metrics_csv.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                final |= {k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
+    return final
+
+
 def run_last_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint a training run in `run_dir` resumes from (None when it has saved none)."""
     return last_checkpoint(run_dir / CHECKPOINT_DIR)

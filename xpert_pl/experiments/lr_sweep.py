@@ -5,7 +5,6 @@ compensating a mis-set rate, and XPERT's own best rate is reported beside it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -14,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.artifacts import read_json, write_json
+from xpert_pl.artifacts import plain_json, read_json, write_json
 from xpert_pl.experiments.matrix import Cell, LRSweep
 from xpert_pl.experiments.stages import record_seconds
-from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config, run_last_checkpoint, sweep_wall_key
+from xpert_pl.layout import HF_DIR, METRICS_FILE, hf_config, last_validation, run_last_checkpoint, sweep_wall_key
 from xpert_pl.pipeline.config import merge
 
 # The runner and its FitCall are passed in (typed `Any`): it imports this module when a matrix has a sweep, and a
@@ -44,8 +43,6 @@ def run_lr_sweep(runner: MatrixRunner, sweep: LRSweep) -> dict[str, Any]:
     """Train (or reuse) every (method, rate) run, `runner.jobs` at a time as the cells are, write the sweep's record
     and return it (`chosen`: the rate)."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from xpert_pl.pipeline.training import last_validation
 
     runs = [(method, rate, sweep_call(runner, sweep, method, rate)) for method in sweep.methods for rate in sweep.rates]
     missing = [run for run in runs if not hf_config(run[2].run_dir / HF_DIR).is_file()]
@@ -99,7 +96,7 @@ def finished_twin(runner: MatrixRunner, call: FitCall) -> Path | None:
     sweep = runner.matrix.lr_sweep
     if sweep is None or runner.learning_rate is None:
         return None
-    wanted = json.loads(json.dumps(call.config, default=str))
+    wanted = plain_json(call.config)
     for method in sweep.methods:
         run_dir = runner.layout.lr_sweep_run(method, runner.learning_rate)
         recorded = run_dir / FIT_CALL_FILE

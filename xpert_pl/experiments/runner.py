@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from xpert_pl.artifacts import ARTIFACT_FILE, read_json, replace_problem, write_json
+from xpert_pl.artifacts import ARTIFACT_FILE, plain_json, read_json, replace_problem, write_json
 from xpert_pl.errors import ConfigError, raise_if_problems
 from xpert_pl.experiments.fork_server import cell_threads, check_kit_unchanged, run_forked
 from xpert_pl.experiments.matrix import Cell, ExperimentMatrix, Stage, load_matrix, shipped_or_local
@@ -282,7 +282,7 @@ class MatrixRunner:
             if not trained or not (run_dir / CELL_FILE).is_file():
                 continue  # nothing trained yet: the cell starts anew with today's configuration
             recorded = read_json(run_dir / CELL_FILE).get("fit_config")
-            given = json.loads(json.dumps(self.pretrain_call(cell).config, default=str))
+            given = plain_json(self.pretrain_call(cell).config)
             differ = settings_differences(recorded, given) if recorded is not None else []
             if differ:
                 problems.append(

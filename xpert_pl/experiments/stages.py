@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -46,7 +45,7 @@ class CachedStages:
         log.info("[%s] %s done in %.1f s", self.prefix, name, self.seconds[name])
 
     def _check_settings(self, name: str, done_marker: Path, settings: Any) -> None:
-        from xpert_pl.artifacts import read_json
+        from xpert_pl.artifacts import plain_json, read_json
         from xpert_pl.errors import ConfigError
 
         if settings is None or self.settings_file is None:
@@ -55,7 +54,7 @@ class CachedStages:
         if recorded is None:  # made before settings were recorded: taken as made with these
             self._record_settings(name, settings)
             return
-        differ = settings_differences(recorded, _plain(settings))
+        differ = settings_differences(recorded, plain_json(settings))
         if differ:
             details = "; ".join(differ[:4])
             raise ConfigError(
@@ -67,17 +66,12 @@ class CachedStages:
             )
 
     def _record_settings(self, name: str, settings: Any) -> None:
-        from xpert_pl.artifacts import read_json, write_json
+        from xpert_pl.artifacts import plain_json, read_json, write_json
 
         if settings is None or self.settings_file is None:
             return
         recorded = read_json(self.settings_file) if self.settings_file.is_file() else {}
-        write_json(self.settings_file, {**recorded, name: _plain(settings)})
-
-
-def _plain(value: Any) -> Any:
-    """JSON-like (paths as strings, tuples as lists): a recorded and a given setting compare equal."""
-    return json.loads(json.dumps(value, default=str))
+        write_json(self.settings_file, {**recorded, name: plain_json(settings)})
 
 
 def settings_differences(recorded: Any, given: Any, key: str = "") -> list[str]:

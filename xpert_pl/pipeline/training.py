@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xpert_pl.layout import CHECKPOINT_DIR, HF_DIR, METRICS_FILE, run_last_checkpoint
+from xpert_pl.layout import CHECKPOINT_DIR, HF_DIR, METRICS_FILE, last_validation, run_last_checkpoint
 from xpert_pl.pipeline.config import Config, load_config, merge, nested
 
 ConfigSource = Mapping[str, Any] | Sequence[str | Path]
@@ -34,18 +34,6 @@ class FitResult:
     def read(cls, run_dir: Path) -> FitResult:
         hf, final = run_dir / HF_DIR, last_validation(run_dir / METRICS_FILE)
         return cls(run_dir, hf if hf.is_dir() else None, run_last_checkpoint(run_dir), final)
-
-
-def last_validation(metrics_csv: Path) -> dict[str, float]:
-    """The last logged value of every `val/*` column of a CSVLogger metrics file ({} when there is none)."""
-    import csv
-
-    final: dict[str, float] = {}
-    if metrics_csv.is_file():
-        with metrics_csv.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                final |= {k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
-    return final
 
 
 def run_config(run_dir: Path) -> Config:

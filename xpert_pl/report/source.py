@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from xpert_pl.experiments.matrix import BASELINE
-from xpert_pl.layout import HF_DIR, METRICS_FILE, RunLayout, hf_config
+from xpert_pl.layout import HF_DIR, METRICS_FILE, RunLayout, hf_config, last_validation
 from xpert_pl.paths import shown_path
-from xpert_pl.pipeline.training import last_validation, run_config, tokens_per_step
+from xpert_pl.pipeline.training import run_config, tokens_per_step
 from xpert_pl.report.comparison import VAL_LOSS, RunComparison
 from xpert_pl.report.plots import plot_source_beside_students
 from xpert_pl.report.render import Block, Bullets, Figure, Heading, Paragraph, Table

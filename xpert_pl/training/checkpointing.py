@@ -4,7 +4,6 @@ before a run starts (exists, loads, fits the model)."""
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shlex
@@ -17,7 +16,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from xpert_pl.artifacts import normal_permissions
+from xpert_pl.artifacts import normal_permissions, plain_json
 from xpert_pl.layout import last_checkpoint
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ def _hparam_problems(path: Path, checkpoint: dict, hparams: dict[str, Any] | Non
     saved = checkpoint.get("hyper_parameters")
     if hparams is None or not isinstance(saved, dict):
         return []
-    given, saved = _plain(hparams), _plain(saved)
+    given, saved = plain_json(dict(hparams)), plain_json(dict(saved))
     differ = sorted(k for k in given.keys() & saved.keys() - EXECUTION_HPARAMS if given[k] != saved[k])
     if not differ:
         return []
@@ -159,11 +158,6 @@ def _hparam_problems(path: Path, checkpoint: dict, hparams: dict[str, Any] | Non
         "started with. Resume with the config that made it, or start a new run from its weights with "
         "--model.init_checkpoint instead of --ckpt_path"
     ]
-
-
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON-like values (tuples as lists, paths as strings), so a saved and a parsed value compare equal."""
-    return json.loads(json.dumps(dict(values), default=str))
 
 
 def _state_problems(path: Path, checkpoint: Any, model: torch.nn.Module | None) -> list[str]:

@@ -239,8 +239,9 @@ def _log_beside_the_run(config, subcommand: str) -> Path | None:
         )
         raise_if_problems([problem])
     init_args["save_dir"], init_args["name"], init_args["version"] = str(folder / subcommand), "", None
-    if config.get("ckpt_path") == "last" and last_checkpoint(folder / "checkpoints") is not None:
-        config["ckpt_path"] = str(last_checkpoint(folder / "checkpoints"))  # the run's, not the new folder's
+    last = last_checkpoint(folder / "checkpoints")
+    if config.get("ckpt_path") == "last" and last is not None:
+        config["ckpt_path"] = str(last)  # the run's, not the new folder's
     return folder
 
 
