@@ -93,6 +93,15 @@ def test_a_run_resumed_at_its_last_step_runs_its_fit_end_evaluation(tiny_data_ro
     assert [row["step"] for row in rows if "eval/end" in row] == [4]
 
 
+def test_validating_a_last_checkpoint_older_than_the_run(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
+    # Checkpoints every 2 steps, 5 steps: last.ckpt holds step 4, the export step 5; `last` scored the older model.
+    argv = tiny_fit_args(_config(tmp_path, steps=5, every=2), tmp_path / "run", tiny_data_root, tiny_tokenizer_dir)
+    main(argv)
+    before = tree_digest(tmp_path)
+    err = refused(capsys, ["validate", *argv[1:], "--ckpt_path=last"], "is at step 4, but the run ended at step 5")
+    assert f"--model.init_checkpoint={tmp_path / 'run' / 'hf'}" in err and tree_digest(tmp_path) == before
+
+
 def test_a_folder_locked_by_another_fit_is_refused(tiny_data_root, tiny_tokenizer_dir, tmp_path, capsys):
     from filelock import FileLock
 

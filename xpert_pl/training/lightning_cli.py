@@ -241,8 +241,32 @@ def _log_beside_the_run(config, subcommand: str) -> Path | None:
     init_args["save_dir"], init_args["name"], init_args["version"] = str(folder / subcommand), "", None
     last = last_checkpoint(folder / "checkpoints")
     if config.get("ckpt_path") == "last" and last is not None:
+        raise_if_problems(_stale_last_problems(last, folder / "hf" / "xpert_export.json"))
         config["ckpt_path"] = str(last)  # the run's, not the new folder's
     return folder
+
+
+def _stale_last_problems(last: Path, export_record: Path) -> list[str]:
+    """`--ckpt_path last` of a run whose last checkpoint is older than its final weights (checkpoints every N steps,
+    the run ended between two): it would score an earlier model as the run's."""
+    import json
+
+    import torch
+
+    if not export_record.is_file():
+        return []
+    try:
+        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+        final = int(json.loads(export_record.read_text()).get("global_step", -1))
+    except Exception:  # unreadable: checkpoint_problems reports the checkpoint
+        return []
+    if step >= final:
+        return []
+    return [
+        f"--ckpt_path last: '{last}' is at step {step}, but the run ended at step {final} (its final weights are "
+        f"in '{export_record.parent}'). Evaluate those with --model.init_checkpoint={export_record.parent} and "
+        "--trainer.logger.init_args.save_dir=<new folder>, or give the earlier checkpoint's file to score it"
+    ]
 
 
 def _evaluation_log_problems(subcommand: str, log_dir: Path) -> list[str]:
